@@ -1,0 +1,33 @@
+# quakecat: earthquake-catalog ETL on Flyte 2. Everything runs through uv, in .venv.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes
+default:
+    @just --list --unsorted
+
+# Create or update .venv exactly as uv.lock pins it
+setup:
+    uv sync --locked --quiet
+
+# Run the ETL against the real service (e.g. just etl --start 2024-05-01 --end 2024-05-08)
+etl *ARGS: setup
+    uv run --locked quakecat etl {{ARGS}}
+
+# Offline demo: a generated fake FDSN service on 127.0.0.1, the ETL against it, data/demo.duckdb
+demo *ARGS: setup
+    uv run --locked quakecat demo {{ARGS}}
+
+# Run the test suite (e.g. just test -k clean, or just test -m "not slow")
+test *ARGS: setup
+    uv run --locked pytest {{ARGS}}
+
+# Lint and check formatting
+lint: setup
+    uv run --locked ruff check .
+    uv run --locked ruff format --check .
+
+# Format the code and apply safe lint fixes
+fmt: setup
+    uv run --locked ruff format .
+    uv run --locked ruff check --fix .

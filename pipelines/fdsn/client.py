@@ -1,0 +1,231 @@
+"""The one HTTP client for FDSN event services: timeouts, retries, politeness, body checks.
+
+Every extract task of a run shares one client per process, so the politeness budget (requests
+in flight, requests per five minutes) holds across all partitions, as the USGS operators ask.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from urllib3.exceptions import MaxRetryError
+from urllib3.util.retry import Retry
+
+from pipelines.errors import BadBody, QuakecatError, UsageError
+from pipelines.version import USER_AGENT
+
+T = TypeVar("T")
+
+USGS_BASE_URL = "https://earthquake.usgs.gov/fdsnws/event/1"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# An explicit "no data" answer (FDSN nodata=204) is an empty collection, not a broken body.
+_EMPTY_COLLECTION = b'{"type":"FeatureCollection","features":[]}'
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    base_url: str = USGS_BASE_URL
+    connect_timeout_s: float = 10.0
+    # Local Flyte does not enforce task timeouts: this is the only guard against a hung answer.
+    read_timeout_s: float = 120.0
+    max_attempts: int = 6
+    backoff_s: float = 1.0
+    # Caps every single wait, Retry-After included, so the total wait is <= attempts x this.
+    max_backoff_s: float = 60.0
+    max_in_flight: int = 4
+    max_per_5min: int = 500
+    max_body_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass
+class FetchStats:
+    requests: int = 0
+    retries: int = 0
+    splits: int = 0
+    bytes_received: int = 0
+
+    def add(self, other: FetchStats) -> None:
+        self.requests += other.requests
+        self.retries += other.retries
+        self.splits += other.splits
+        self.bytes_received += other.bytes_received
+
+
+def validate_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--base-url must be an http(s) URL such as {USGS_BASE_URL}, got {url!r}")
+    return url.rstrip("/")
+
+
+class _Policy(Retry):
+    """urllib3's retry policy with two house rules: every retry waits at least ``backoff_factor``
+    (also after ``Retry-After: 0``), and no wait exceeds ``backoff_max`` (a server asking for an
+    hour does not stall a run for an hour)."""
+
+    def get_backoff_time(self) -> float:
+        return min(self.backoff_max, max(self.backoff_factor, super().get_backoff_time()))
+
+    def get_retry_after(self, response) -> float | None:
+        asked = super().get_retry_after(response)
+        return None if asked is None else min(asked, self.backoff_max)
+
+
+class PolitenessBudget:
+    """At most ``max_in_flight`` requests at once and ``max_per_window`` starts per window."""
+
+    def __init__(self, max_in_flight: int, max_per_window: int, window_s: float = 300.0):
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._starts: collections.deque[float] = collections.deque()
+        self._max_per_window = max_per_window
+        self._window_s = window_s
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._slots:
+            self._wait_for_rate()
+            yield
+
+    def _wait_for_rate(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._starts and self._starts[0] <= now - self._window_s:
+                    self._starts.popleft()
+                if len(self._starts) < self._max_per_window:
+                    self._starts.append(now)
+                    return
+                wait = self._starts[0] + self._window_s - now
+            time.sleep(wait)
+
+
+class FdsnClient:
+    def __init__(self, settings: ClientSettings):
+        self.settings = settings
+        self.base_url = validate_base_url(settings.base_url)
+        self._budget = PolitenessBudget(settings.max_in_flight, settings.max_per_5min)
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = USER_AGENT
+        # Size the pool to the budget so threads never queue inside urllib3 unseen.
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=1, pool_maxsize=settings.max_in_flight, max_retries=0
+        )
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._policy = _Policy(
+            total=settings.max_attempts - 1,
+            backoff_factor=settings.backoff_s,
+            backoff_max=settings.max_backoff_s,
+            backoff_jitter=settings.backoff_s,
+            status_forcelist=RETRY_STATUSES,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+
+    def get(
+        self, endpoint: str, params: dict[str, str], decode: Callable[[bytes], T], stats: FetchStats
+    ) -> T:
+        """GET ``{base}/{endpoint}`` and decode it, retrying transport, status and body faults."""
+        url = f"{self.base_url}/{endpoint}"
+        params = {"format": "geojson", **params}
+        policy = self._policy
+        while True:
+            response = None
+            with self._budget.slot():
+                stats.requests += 1
+                try:
+                    response = self._session.get(
+                        url,
+                        params=params,
+                        timeout=(self.settings.connect_timeout_s, self.settings.read_timeout_s),
+                        stream=True,
+                    )
+                    body = self._read(response, url)
+                    stats.bytes_received += len(body)
+                    problem: Exception | None = None
+                except requests.RequestException as exc:
+                    problem = exc
+            retry_after_source = None
+            if problem is None and response is not None:
+                if response.status_code == 200:
+                    try:
+                        return decode(body)
+                    except BadBody as exc:
+                        problem = exc
+                elif response.status_code == 204:
+                    return decode(_EMPTY_COLLECTION)
+                elif response.status_code in RETRY_STATUSES:
+                    problem = QuakecatError(f"HTTP {response.status_code}")
+                    retry_after_source = response.raw
+                else:
+                    raise QuakecatError(
+                        f"{response.url} answered HTTP {response.status_code}: {_first_line(body)}"
+                    )
+            try:
+                if retry_after_source is not None:
+                    policy = policy.increment("GET", url, response=retry_after_source)
+                else:
+                    policy = policy.increment("GET", url, error=problem)
+            except MaxRetryError:
+                raise QuakecatError(
+                    f"{url} failed after {self.settings.max_attempts} attempts; "
+                    f"last error: {_describe(problem)}. Check the service or try again later"
+                ) from None
+            stats.retries += 1
+            policy.sleep(retry_after_source)
+
+    def _read(self, response: requests.Response, url: str) -> bytes:
+        cap = self.settings.max_body_bytes
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise QuakecatError(_too_large(url, cap))
+        chunks, size = [], 0
+        with response:
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                size += len(chunk)
+                if size > cap:
+                    raise QuakecatError(_too_large(url, cap))
+                chunks.append(chunk)
+        body = b"".join(chunks)
+        if declared is not None and declared.isdigit() and len(body) < int(declared):
+            raise requests.exceptions.ChunkedEncodingError(
+                f"body truncated: {len(body):,} of {int(declared):,} bytes"
+            )
+        return body
+
+
+def _too_large(url: str, cap: int) -> str:
+    return (
+        f"{url} sent more than {cap:,} bytes; refusing it. Narrow the window or raise --max-body-mb"
+    )
+
+
+def _first_line(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    return next((line.strip() for line in text.splitlines() if line.strip()), "(empty body)")[:300]
+
+
+def _describe(problem: Exception | None) -> str:
+    if isinstance(problem, requests.exceptions.Timeout):
+        return "timed out"
+    if isinstance(problem, requests.exceptions.ConnectionError) and not isinstance(
+        problem, requests.exceptions.ChunkedEncodingError
+    ):
+        return "could not connect"
+    return str(problem) if problem else "unknown"
+
+
+@functools.cache
+def client_for(settings: ClientSettings) -> FdsnClient:
+    """One client per settings per process: every partition of a run shares its budget."""
+    return FdsnClient(settings)

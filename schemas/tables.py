@@ -1,0 +1,94 @@
+"""Every table of the output database: grain, key and columns, next to their definitions.
+
+SQL is derived from the Arrow schemas here; no other module spells a column list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from schemas.events import EVENTS_SCHEMA, UTC_MS
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    schema: pa.Schema
+    grain: str
+    key: tuple[str, ...]
+
+
+EVENTS = Table("events", EVENTS_SCHEMA, "one row per event", ("id",))
+
+REJECTED_EVENTS = Table(
+    "rejected_events",
+    pa.schema(
+        [
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("partition", pa.string(), nullable=False),
+            pa.field("id", pa.string()),
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("raw_json", pa.string(), nullable=False),
+        ]
+    ),
+    "one row per feature the service sent that broke the null contract or a range",
+    (),
+)
+
+ETL_RUNS = Table(
+    "etl_runs",
+    pa.schema(
+        [
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("started_at", UTC_MS, nullable=False),
+            pa.field("finished_at", UTC_MS, nullable=False),
+            pa.field("window_start", UTC_MS, nullable=False),
+            pa.field("window_end", UTC_MS, nullable=False),
+            pa.field("base_url", pa.string(), nullable=False),
+            pa.field("min_magnitude", pa.float64()),
+            pa.field("partitions", pa.int32(), nullable=False),
+            pa.field("requests", pa.int64(), nullable=False),
+            pa.field("retries", pa.int64(), nullable=False),
+            pa.field("splits", pa.int64(), nullable=False),
+            pa.field("bytes_received", pa.int64(), nullable=False),
+            pa.field("events_received", pa.int64(), nullable=False),
+            pa.field("events_loaded", pa.int64(), nullable=False),
+            pa.field("events_rejected", pa.int64(), nullable=False),
+            pa.field("code_version", pa.string(), nullable=False),
+            pa.field("schema_version", pa.int32(), nullable=False),
+        ]
+    ),
+    "one row per pipeline run",
+    ("run_id",),
+)
+
+TABLES: tuple[Table, ...] = (EVENTS, REJECTED_EVENTS, ETL_RUNS)
+
+_DUCKDB_TYPES: dict[pa.DataType, str] = {
+    pa.string(): "VARCHAR",
+    pa.float64(): "DOUBLE",
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.bool_(): "BOOLEAN",
+    pa.date32(): "DATE",
+    UTC_MS: "TIMESTAMPTZ",
+    pa.list_(pa.string()): "VARCHAR[]",
+}
+
+
+def duckdb_type(arrow: pa.DataType) -> str:
+    return _DUCKDB_TYPES[arrow]
+
+
+def duckdb_ddl(table: Table) -> str:
+    """CREATE TABLE text for DuckDB; identifiers come from this module, never from input."""
+    cols = [
+        f'"{f.name}" {duckdb_type(f.type)}{"" if f.nullable else " NOT NULL"}' for f in table.schema
+    ]
+    if table.key:
+        cols.append("PRIMARY KEY (" + ", ".join(f'"{k}"' for k in table.key) + ")")
+    return f'CREATE TABLE "{table.name}" (\n  ' + ",\n  ".join(cols) + "\n)"

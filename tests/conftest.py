@@ -1,0 +1,47 @@
+"""Shared fixtures: a fake FDSN service on 127.0.0.1 and helpers to run the real CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.fdsn.fake import Catalogue, FakeFDSN, generate_catalogue
+
+UTC = dt.UTC
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "usgs-real"
+
+
+def utc(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def may_catalogue() -> Catalogue:
+    """Five days of May 2024 at a realistic all-magnitude rate."""
+    return generate_catalogue(utc(2024, 5, 1), utc(2024, 5, 6), per_day=360, seed=11)
+
+
+@pytest.fixture
+def service(may_catalogue: Catalogue) -> Iterator[FakeFDSN]:
+    with FakeFDSN(may_catalogue) as fake:
+        yield fake
+
+
+@pytest.fixture
+def quakecat(capsys: pytest.CaptureFixture[str]):
+    """Run the real CLI in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = (
+            main(["etl", *argv, "--max-attempts", "3"])
+            if argv[:1] != ("demo",)
+            else main(list(argv))
+        )
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

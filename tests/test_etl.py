@@ -1,0 +1,150 @@
+"""End to end: the real CLI runs the real Flyte pipeline locally against the fake service."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from pipelines.fdsn.fake import Catalogue, FakeFDSN
+from tests.conftest import utc
+
+pytestmark = pytest.mark.slow
+
+
+def test_multi_day_window_loads_exactly_what_the_service_holds(
+    service: FakeFDSN, may_catalogue: Catalogue, quakecat, tmp_path
+):
+    out = tmp_path / "quakes.duckdb"
+    code, stdout, stderr = quakecat(
+        "--start", "2024-05-01T06:00:00Z", "--end", "2024-05-04", "--base-url", service.base_url,
+        "--out", str(out),
+    )  # fmt: skip
+    assert (code, stderr) == (0, "")
+    expected = may_catalogue.features(utc(2024, 5, 1, 6), utc(2024, 5, 4))
+    assert len(expected) > 900
+
+    with duckdb.connect(str(out), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        assert con.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone() == (
+            len(expected),
+            len(expected),
+        )
+        by_id = {f["id"]: f for f in expected}
+        rows = con.execute(
+            "SELECT id, time, updated, mag, place, tz, felt, nst, ids FROM events"
+        ).fetchall()
+        assert {r[0] for r in rows} == set(by_id)
+        for id_, time, updated, mag, place, tz, felt, nst, ids in rows:
+            props = by_id[id_]["properties"]
+            assert time == dt.datetime.fromtimestamp(props["time"] / 1000, dt.UTC)
+            assert updated == dt.datetime.fromtimestamp(props["updated"] / 1000, dt.UTC)
+            assert (mag, place, tz, felt, nst) == (
+                props["mag"], props["place"], props["tz"], props["felt"], props["nst"],
+            )  # fmt: skip
+            assert ids == props["ids"].strip(",").split(",")
+        # Nulls the service sent stayed NULL (the fake sends some for each of these).
+        nulls = con.execute(
+            "SELECT count(*) FILTER (mag IS NULL), count(*) FILTER (place IS NULL),"
+            " count(*) FILTER (tz IS NULL) FROM events"
+        ).fetchone()
+        assert nulls == (
+            sum(f["properties"]["mag"] is None for f in expected),
+            sum(f["properties"]["place"] is None for f in expected),
+            sum(f["properties"]["tz"] is None for f in expected),
+        )
+        assert min(nulls) > 0
+        assert con.execute("SELECT typeof(time) FROM events LIMIT 1").fetchone() == (
+            "TIMESTAMP WITH TIME ZONE",
+        )
+        run = con.execute(
+            "SELECT partitions, events_received, events_loaded, events_rejected, requests,"
+            " base_url FROM etl_runs"
+        ).fetchone()
+    # 2024-05-01T06 .. 2024-05-04 is shorter than a month: one partition per UTC day.
+    assert run == (3, len(expected), len(expected), 0, 4, service.base_url)
+    assert f"{len(expected):,} loaded, 0 rejected" in stdout
+    assert f"output      {out}" in stdout
+    assert [r.path for r in service.log] == ["count", "query", "query", "query"]
+
+
+def test_start_after_end_exits_2_and_writes_nothing(quakecat, tmp_path):
+    out = tmp_path / "quakes.duckdb"
+    code, _stdout, stderr = quakecat(
+        "--start", "2024-05-02", "--end", "2024-05-01", "--out", str(out)
+    )
+    assert code == 2
+    assert stderr == (
+        "quakecat: error: --start 2024-05-02T00:00:00.000Z must be before --end "
+        "2024-05-01T00:00:00.000Z (start is inclusive, end exclusive)\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--start", "yesterday"], "--start 'yesterday' is not a date (2024-05-01) or ISO-8601"),
+        (["--base-url", "file:///etc"], "--base-url must be an http(s) URL"),
+        (["--max-in-flight", "0"], "argument --max-in-flight: must be > 0, got 0"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(quakecat, tmp_path, argv, message):
+    code, _, stderr = quakecat(*argv, "--out", str(tmp_path / "q.duckdb"))
+    assert code == 2
+    assert stderr.startswith(f"quakecat: error: {message}")
+    assert stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_service_exits_1_and_leaves_existing_output_untouched(quakecat, tmp_path):
+    out = tmp_path / "quakes.duckdb"
+    out.write_bytes(b"previous database")
+    code, _stdout, stderr = quakecat(
+        "--start", "2024-05-01", "--end", "2024-05-02", "--base-url", "http://127.0.0.1:9/fdsn",
+        "--out", str(out), "--connect-timeout", "0.5",
+    )  # fmt: skip
+    assert code == 1
+    assert stderr == (
+        "quakecat: error: http://127.0.0.1:9/fdsn/count failed after 3 attempts; last error: "
+        "could not connect. Check the service or try again later\n"
+    )
+    assert out.read_bytes() == b"previous database"
+    assert [p.name for p in tmp_path.iterdir()] == ["quakes.duckdb"]
+
+
+def test_console_script_reports_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "etl",
+            "--start",
+            "2024-05-02",
+            "--end",
+            "2024-05-01",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("quakecat: error: --start 2024-05-02T00:00:00.000Z must be")
+    assert result.stderr.count("\n") == 1
+
+
+def test_demo_builds_the_database_the_service_holds(quakecat, tmp_path):
+    out = tmp_path / "demo.duckdb"
+    code, stdout, stderr = quakecat(
+        "demo", "--start", "2024-05-01", "--end", "2024-05-03", "--out", str(out)
+    )
+    assert (code, stderr) == (0, "")
+    with duckdb.connect(str(out), read_only=True) as con:
+        (loaded,) = con.execute("SELECT count(*) FROM events").fetchone()
+    assert stdout.endswith(f"demo database: {out} ({loaded:,} events, as the service holds)\n")
+    assert loaded > 600
