@@ -65,7 +65,7 @@ def write_duckdb(
                     SELECT id FROM refused WHERE id IS NOT NULL))
                  + (SELECT count(*) FROM refused WHERE id IS NULL),
                  (SELECT count(*) FROM events)"""
-        ).fetchone()
+        ).fetchall()[0]
         counts = LoadCounts(received=received, loaded=loaded, rejected=received - loaded)
         stats = run.stats
         run_row = pa.Table.from_pylist(
