@@ -60,6 +60,12 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--read-timeout", type=_positive(float), default=defaults.read_timeout_s)
     parser.add_argument("--max-attempts", type=_positive(int), default=defaults.max_attempts)
     parser.add_argument(
+        "--backoff",
+        type=_positive(float),
+        default=defaults.backoff_s,
+        help="seconds before the first retry; doubles per retry, with jitter",
+    )
+    parser.add_argument(
         "--max-body-mb", type=_positive(int), default=defaults.max_body_bytes // 2**20
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and logs")
@@ -100,6 +106,7 @@ def _settings(args: argparse.Namespace, base_url: str) -> ClientSettings:
         connect_timeout_s=args.connect_timeout,
         read_timeout_s=args.read_timeout,
         max_attempts=args.max_attempts,
+        backoff_s=args.backoff,
         max_in_flight=args.max_in_flight,
         max_per_5min=args.max_per_5min,
         max_body_bytes=args.max_body_mb * 2**20,

@@ -168,8 +168,9 @@ class FdsnClient:
                     problem = QuakecatError(f"HTTP {response.status_code}")
                     retry_after_source = response.raw
                 else:
+                    status = response.status_code
                     raise QuakecatError(
-                        f"{response.url} answered HTTP {response.status_code}: {_first_line(body)}"
+                        f"{response.url} answered HTTP {status}: {_service_message(body)}"
                     )
             try:
                 if retry_after_source is not None:
@@ -210,9 +211,10 @@ def _too_large(url: str, cap: int) -> str:
     )
 
 
-def _first_line(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    return next((line.strip() for line in text.splitlines() if line.strip()), "(empty body)")[:300]
+def _service_message(body: bytes) -> str:
+    """USGS errors read "Error 400: Bad Request", a blank line, then the reason: keep both."""
+    lines = [line.strip() for line in body.decode("utf-8", "replace").splitlines() if line.strip()]
+    return ": ".join(lines[:2])[:300] or "(empty body)"
 
 
 def _describe(problem: Exception | None) -> str:

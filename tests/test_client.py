@@ -1,0 +1,72 @@
+"""The HTTP client's house rules, against the fake service on 127.0.0.1."""
+
+from __future__ import annotations
+
+import pytest
+from urllib3 import HTTPResponse
+
+from pipelines.errors import QuakecatError, UsageError
+from pipelines.extract import plan_window
+from pipelines.fdsn.client import ClientSettings, FdsnClient, FetchStats, _Policy, validate_base_url
+from pipelines.fdsn.fake import FakeFDSN
+from pipelines.plan import Window
+from pipelines.version import USER_AGENT
+from tests.conftest import utc
+
+
+def _policy(backoff: float = 0.5, cap: float = 4.0) -> _Policy:
+    return _Policy(total=5, backoff_factor=backoff, backoff_max=cap, status_forcelist={429})
+
+
+def _answer(retry_after: str) -> HTTPResponse:
+    return HTTPResponse(status=429, headers={"Retry-After": retry_after})
+
+
+def test_retry_after_zero_still_waits_the_minimum_backoff():
+    policy = _policy().increment("GET", "/q", response=_answer("0"))
+    assert not policy.sleep_for_retry(_answer("0"))  # so urllib3 falls back to the backoff
+    assert policy.get_backoff_time() == 0.5
+
+
+def test_retry_after_seconds_and_http_dates_are_honoured_up_to_the_cap():
+    policy = _policy(cap=4.0)
+    assert policy.get_retry_after(_answer("2")) == 2.0
+    assert policy.get_retry_after(_answer("3600")) == 4.0
+    assert policy.get_retry_after(_answer("Wed, 21 Oct 2099 07:28:00 GMT")) == 4.0
+
+
+def test_backoff_doubles_and_is_capped():
+    policy = _policy(backoff=0.5, cap=4.0)
+    waits = []
+    for _ in range(5):
+        policy = policy.increment("GET", "/q", response=_answer("0"))
+        waits.append(policy.get_backoff_time())
+    assert waits == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+@pytest.mark.parametrize("url", ["ftp://host/fdsn", "earthquake.usgs.gov", "http://", "file:///x"])
+def test_only_http_urls_are_accepted(url):
+    with pytest.raises(UsageError, match="--base-url must be an http"):
+        validate_base_url(url)
+
+
+def test_an_answer_over_the_size_cap_is_refused(service: FakeFDSN):
+    client = FdsnClient(ClientSettings(base_url=service.base_url, max_body_bytes=10_000))
+    window = Window(utc(2024, 5, 1), utc(2024, 5, 2))
+    with pytest.raises(QuakecatError, match=r"sent more than 10,000 bytes; refusing it"):
+        client.get(
+            "query", {"starttime": "2024-05-01", "endtime": "2024-05-02"}, bytes, FetchStats()
+        )
+    assert plan_window(client, window, None).max_allowed == 20_000  # small answers still pass
+
+
+def test_a_non_retryable_status_fails_at_once_with_the_service_message(service: FakeFDSN):
+    client = FdsnClient(ClientSettings(base_url=service.base_url))
+    stats = FetchStats()
+    with pytest.raises(QuakecatError, match=r"answered HTTP 400: .*minmagnitude"):
+        client.get("query", {"minmagnitude": "big"}, bytes, stats)
+    assert (stats.requests, stats.retries) == (1, 0)
+
+
+def test_user_agent_names_quakecat_and_its_version():
+    assert USER_AGENT.startswith("quakecat/0.1.0 ")

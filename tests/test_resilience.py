@@ -1,0 +1,143 @@
+"""Faults through real HTTP: a run loads exactly what the service holds, or fails cleanly."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from pipelines.fdsn.fake import Catalogue, FakeFDSN, Faults, generate_catalogue
+from tests.conftest import utc
+
+pytestmark = pytest.mark.slow
+
+FAST_RETRIES = ("--backoff", "0.01", "--max-attempts", "6")
+
+
+def _loaded(path) -> tuple[int, int]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchall()[0]
+
+
+def _run_stats(path) -> tuple[int, int, int]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute("SELECT requests, retries, splits FROM etl_runs").fetchall()[0]
+
+
+@pytest.mark.parametrize(
+    ("faults", "statuses"),
+    [
+        (Faults(every_503=3), {503}),
+        (Faults(every_429=4, retry_after="1"), {429}),
+        (Faults(every_truncated=5), {200}),
+        (Faults(zero_byte_at=frozenset({2})), {200}),
+        (Faults(slow_at=frozenset({3}), slow_s=2.0), {200}),
+        (Faults(latin1_at=frozenset({2})), {200}),
+    ],
+    ids=["503-every-3rd", "429-every-4th", "truncated-every-5th", "zero-byte", "slow", "latin1"],
+)
+def test_faults_are_retried_and_every_event_arrives(
+    may_catalogue: Catalogue, quakecat, tmp_path, faults, statuses
+):
+    out = tmp_path / "q.duckdb"
+    with FakeFDSN(may_catalogue, faults=faults) as service:
+        code, _, stderr = quakecat(
+            "--start", "2024-05-01", "--end", "2024-05-06", "--base-url", service.base_url,
+            "--out", str(out), "--read-timeout", "1", *FAST_RETRIES,
+        )  # fmt: skip
+        log = list(service.log)
+    assert (code, stderr) == (0, "")
+    expected = may_catalogue.count(utc(2024, 5, 1), utc(2024, 5, 6))
+    assert _loaded(out) == (expected, expected)
+    requests, retries, _ = _run_stats(out)
+    # Every request that reached the service is counted (a slow answer the client gave up on is
+    # logged only when the fake finishes it), and each fault cost exactly one retry.
+    arrivals = max(r.n for r in log)
+    assert requests == arrivals
+    faulted = [n for n in range(1, arrivals + 1) if faults.pick(n) is not None]
+    assert retries == len(faulted) >= 1
+    assert {r.status for r in log if r.n in faulted} <= statuses
+    # 1 count + 5 daily partitions succeed once each.
+    assert requests - retries == 6
+
+
+def test_a_day_over_three_times_the_limit_is_split_and_never_400s(quakecat, tmp_path):
+    catalogue = generate_catalogue(
+        utc(2024, 5, 1), utc(2024, 5, 4), per_day=40, seed=3,
+        bursts=[(utc(2024, 5, 2), utc(2024, 5, 3), 560)],
+    )  # fmt: skip
+    heavy_day = catalogue.count(utc(2024, 5, 2), utc(2024, 5, 3))
+    assert heavy_day > 3 * 180
+    out = tmp_path / "q.duckdb"
+    with FakeFDSN(catalogue, max_allowed=180) as service:
+        code, _, stderr = quakecat(
+            "--start", "2024-05-01", "--end", "2024-05-04", "--base-url", service.base_url,
+            "--out", str(out), *FAST_RETRIES,
+        )  # fmt: skip
+        statuses = {r.status for r in service.log}
+    assert (code, stderr) == (0, "")
+    assert statuses == {200}
+    expected = catalogue.count(utc(2024, 5, 1), utc(2024, 5, 4))
+    assert _loaded(out) == (expected, expected)
+    _, _, splits = _run_stats(out)
+    assert splits >= 2
+
+
+def test_a_service_that_stays_down_fails_with_the_url_and_last_status(
+    may_catalogue, quakecat, tmp_path
+):
+    out = tmp_path / "q.duckdb"
+    out.write_bytes(b"yesterday's database")
+    with FakeFDSN(may_catalogue, faults=Faults(fail_all_status=503)) as service:
+        code, stdout, stderr = quakecat(
+            "--start", "2024-05-01", "--end", "2024-05-06", "--base-url", service.base_url,
+            "--out", str(out), "--backoff", "0.01",
+        )  # fmt: skip
+        attempts = len(service.log)
+    assert (code, stdout) == (1, "")
+    assert stderr == (
+        f"quakecat: error: {service.base_url}/count failed after 3 attempts; last error: HTTP 503."
+        " Check the service or try again later\n"
+    )
+    assert attempts == 3
+    assert out.read_bytes() == b"yesterday's database"
+    assert [p.name for p in tmp_path.iterdir()] == ["q.duckdb"]
+
+
+def test_the_politeness_budget_bounds_concurrency_across_50_partitions(quakecat, tmp_path):
+    catalogue = generate_catalogue(utc(2020, 1, 1), utc(2024, 3, 1), per_day=1, seed=5)
+    out = tmp_path / "q.duckdb"
+    with FakeFDSN(catalogue, latency_s=0.05) as service:
+        code, stdout, stderr = quakecat(
+            "--start", "2020-01-01", "--end", "2024-03-01", "--base-url", service.base_url,
+            "--out", str(out), "--max-in-flight", "3",
+        )  # fmt: skip
+        peak = service.max_in_flight
+    assert (code, stderr) == (0, "")
+    assert "partitions  50\n" in stdout
+    assert peak == 3
+    expected = catalogue.count(utc(2020, 1, 1), utc(2024, 3, 1))
+    assert _loaded(out) == (expected, expected)
+
+
+def test_a_year_with_a_month_over_the_limit_takes_at_most_20_requests(quakecat, tmp_path):
+    catalogue = generate_catalogue(
+        utc(2023, 1, 1), utc(2024, 1, 1), per_day=370, seed=2023,
+        bursts=[(utc(2023, 7, 1), utc(2023, 8, 1), 320)],
+    )  # fmt: skip
+    july = catalogue.count(utc(2023, 7, 1), utc(2023, 8, 1))
+    assert july > 20_000
+    total = catalogue.count(utc(2023, 1, 1), utc(2024, 1, 1))
+    assert 130_000 <= total <= 150_000
+    out = tmp_path / "q.duckdb"
+    with FakeFDSN(catalogue) as service:
+        code, _, stderr = quakecat(
+            "--start", "2023-01-01", "--end", "2024-01-01", "--base-url", service.base_url,
+            "--out", str(out),
+        )  # fmt: skip
+        log = list(service.log)
+    assert (code, stderr) == (0, "")
+    assert _loaded(out) == (total, total)
+    assert {r.status for r in log} == {200}
+    # 1 count + 12 months + 2 halves of July.
+    assert len(log) == 15
+    assert _run_stats(out) == (15, 0, 1)
