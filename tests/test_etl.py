@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import subprocess
 import sys
 
@@ -148,3 +150,51 @@ def test_demo_builds_the_database_the_service_holds(quakecat, tmp_path):
         (loaded,) = con.execute("SELECT count(*) FROM events").fetchone()
     assert stdout.endswith(f"demo database: {out} ({loaded:,} events, as the service holds)\n")
     assert loaded > 600
+
+
+def test_invalid_records_are_quarantined_with_reason_and_raw_json(
+    may_catalogue: Catalogue, quakecat, tmp_path
+):
+    window = (utc(2024, 5, 1), utc(2024, 5, 3))
+    chosen = may_catalogue.select(*(int(t.timestamp() * 1000) for t in window))
+    broken = {chosen[10].id: ("latitude", 95.0), chosen[20].id: ("time", None)}
+    broken[chosen[30].id] = ("mag", "big")
+
+    def corrupt(event):
+        if event.id not in broken:
+            return event
+        feature = json.loads(event.raw)
+        field, value = broken[event.id]
+        if field == "latitude":
+            feature["geometry"]["coordinates"][1] = value
+        else:
+            feature["properties"][field] = value
+        return dataclasses.replace(event, raw=json.dumps(feature).encode())
+
+    catalogue = Catalogue(tuple(corrupt(e) for e in may_catalogue.events))
+    out = tmp_path / "q.duckdb"
+    with FakeFDSN(catalogue) as service:
+        code, stdout, stderr = quakecat(
+            "--start", "2024-05-01", "--end", "2024-05-03", "--base-url", service.base_url,
+            "--out", str(out),
+        )  # fmt: skip
+    assert (code, stderr) == (0, "")
+    assert f"{len(chosen) - 3:,} loaded, 3 rejected" in stdout
+    with duckdb.connect(str(out), read_only=True) as con:
+        rejected = con.execute(
+            "SELECT id, reason, json_extract(raw_json, '$.id') FROM rejected_events ORDER BY id"
+        ).fetchall()
+        accounting = con.execute(
+            "SELECT events_received, events_loaded, events_rejected FROM etl_runs"
+        ).fetchall()
+        (in_events,) = con.execute(
+            "SELECT count(*) FROM events WHERE id IN (SELECT id FROM rejected_events)"
+        ).fetchall()[0]
+    reasons = {
+        chosen[10].id: "Expected `float` <= 90.0 - at `$.geometry.coordinates[1]`",
+        chosen[20].id: "Expected `int`, got `null` - at `$.properties.time`",
+        chosen[30].id: "Expected `float | null`, got `str` - at `$.properties.mag`",
+    }
+    assert rejected == sorted((id_, reason, f'"{id_}"') for id_, reason in reasons.items())
+    assert accounting == [(len(chosen), len(chosen) - 3, 3)]
+    assert in_events == 0
