@@ -23,6 +23,7 @@ from flyte.io import File
 
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
+from pipelines.load import IncompatibleDatabase, check_database
 from pipelines.plan import Window, check_window, default_window, parse_time
 
 DEFAULT_OUT = Path("data/quakes.duckdb")
@@ -114,8 +115,14 @@ def _settings(args: argparse.Namespace, base_url: str) -> ClientSettings:
 
 
 def _check_out(out: Path) -> Path:
+    """``out`` may be new, or a database of ours that this run will add to."""
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file path such as {DEFAULT_OUT}")
+    if out.exists():
+        try:
+            check_database(out)
+        except IncompatibleDatabase as exc:
+            raise UsageError(f"--out {exc}") from None
     return out
 
 
@@ -145,8 +152,9 @@ def run_pipeline(window: Window, settings: ClientSettings, min_magnitude, out: P
     request = FetchRequest(client=settings, min_magnitude=min_magnitude)
     # Raw data lives only as long as the run: nothing is cached yet, so nothing must outlive it.
     with tempfile.TemporaryDirectory(prefix="quakecat-run-") as raw:
+        previous = File.from_local_sync(out) if out.exists() else None
         run = flyte.with_runcontext(mode="local", raw_data_path=raw).run(
-            etl, start=window.start, end=window.end, request=request
+            etl, start=window.start, end=window.end, request=request, previous=previous
         )
         database, summary = run.outputs()
         publish(database, out)
@@ -159,7 +167,7 @@ def _print_summary(summary, out: Path, seconds: float) -> None:
         f"{summary.window_end:%Y-%m-%d %H:%M:%S} UTC\n"
         f"partitions  {summary.partitions}\n"
         f"events      {summary.events_loaded:,} loaded, {summary.events_rejected:,} rejected "
-        f"(service counted {summary.expected_events:,})\n"
+        f"(service counted {summary.expected_events:,}; {summary.events_total:,} in the file)\n"
         f"requests    {summary.requests:,} ({summary.retries:,} retries, {summary.splits:,} splits,"
         f" {summary.bytes_received / 2**20:,.1f} MiB)\n"
         f"seconds     {seconds:,.1f}\n"

@@ -28,6 +28,7 @@ class RunSummary:
     events_received: int
     events_loaded: int
     events_rejected: int
+    events_total: int
     requests: int
     retries: int
     splits: int
@@ -36,8 +37,9 @@ class RunSummary:
 
 @driver.task
 async def etl(
-    start: dt.datetime, end: dt.datetime, request: FetchRequest
+    start: dt.datetime, end: dt.datetime, request: FetchRequest, previous: File | None = None
 ) -> tuple[File, RunSummary]:
+    """Fetch [start, end) into a new database, or into a copy of ``previous`` (an upsert)."""
     started_at = dt.datetime.now(dt.UTC)
     window = Window(start, end)
     survey = await plan.aio(window, request)
@@ -70,7 +72,7 @@ async def etl(
         stats=stats,
         code_version=CODE_VERSION,
     )
-    database, counts = await load.aio(list(events), [r for _, r, _ in extracted], record)
+    database, counts = await load.aio(list(events), [r for _, r, _ in extracted], record, previous)
     return database, RunSummary(
         run_id=run_id,
         window_start=window.start,
@@ -80,6 +82,7 @@ async def etl(
         events_received=counts.received,
         events_loaded=counts.loaded,
         events_rejected=counts.rejected,
+        events_total=counts.total,
         requests=stats.requests,
         retries=stats.retries,
         splits=stats.splits,

@@ -13,10 +13,11 @@ from flyte.io import File
 
 from pipelines.clean import REJECTS_SCHEMA
 from pipelines.envs import worker
+from pipelines.errors import QuakecatError
 from pipelines.fdsn.client import FetchStats
 from pipelines.plan import Window
 from schemas.events import EVENTS_SCHEMA, SCHEMA_VERSION
-from schemas.tables import ETL_RUNS, EVENTS, REJECTED_EVENTS, TABLES, duckdb_ddl
+from schemas.tables import ETL_RUNS, EVENT_IDS, EVENTS, REJECTED_EVENTS, TABLES, duckdb_ddl
 
 
 @dataclass
@@ -38,35 +39,89 @@ class LoadCounts:
     received: int
     loaded: int
     rejected: int
+    total: int
+
+
+class IncompatibleDatabase(QuakecatError):
+    pass
+
+
+def check_database(path: Path) -> None:
+    """Raise unless ``path`` is a database this version of quakecat can add to."""
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            found = con.execute(f"SELECT max(schema_version) FROM {ETL_RUNS.name}").fetchall()
+    except duckdb.Error as exc:
+        reason = str(exc).splitlines()[0]
+        raise IncompatibleDatabase(
+            f"{path} is not a quakecat DuckDB database ({reason}); choose another --out or "
+            "remove it"
+        ) from None
+    if found[0][0] != SCHEMA_VERSION:
+        raise IncompatibleDatabase(
+            f"{path} holds schema version {found[0][0]}, this quakecat writes {SCHEMA_VERSION};"
+            " choose another --out or remove it to rebuild"
+        )
+
+
+# Newest revision wins, across partitions, runs, and changes of preferred id: an incoming event
+# replaces every stored event that shares any of its ids, unless a stored one is newer.
+_UPSERT = f"""
+CREATE TEMP TABLE batch AS
+    SELECT * FROM incoming
+    QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated DESC) = 1;
+CREATE TEMP TABLE batch_aliases AS
+    SELECT DISTINCT id, unnest(list_distinct(list_append(coalesce(ids, []), id))) AS alias
+    FROM batch;
+CREATE TEMP TABLE stored_matches AS
+    SELECT DISTINCT a.id AS new_id, e.id AS old_id, e.updated > b.updated AS stored_is_newer
+    FROM batch_aliases a
+    JOIN {EVENT_IDS.name} m ON m.alias = a.alias
+    JOIN {EVENTS.name} e ON e.id = m.id
+    JOIN batch b ON b.id = a.id;
+DELETE FROM batch WHERE id IN (SELECT new_id FROM stored_matches WHERE stored_is_newer);
+DELETE FROM {EVENTS.name}
+    WHERE id IN (SELECT old_id FROM stored_matches WHERE new_id IN (SELECT id FROM batch));
+DELETE FROM {EVENT_IDS.name}
+    WHERE id NOT IN (SELECT id FROM {EVENTS.name})
+       OR alias IN (SELECT alias FROM batch_aliases WHERE id IN (SELECT id FROM batch));
+INSERT INTO {EVENTS.name} SELECT * FROM batch ORDER BY time, id;
+INSERT INTO {EVENT_IDS.name}
+    SELECT alias, id FROM batch_aliases WHERE id IN (SELECT id FROM batch) ORDER BY alias;
+"""
 
 
 def write_duckdb(
     path: Path, events: list[pa.Table], rejects: list[pa.Table], run: RunRecord
 ) -> LoadCounts:
-    """Write a complete database at ``path`` (which must not exist yet)."""
+    """Create the database at ``path``, or add this run to the one already there."""
     incoming = pa.concat_tables(events) if events else EVENTS_SCHEMA.empty_table()
     refused = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
+    fresh = not path.exists()
+    if not fresh:
+        check_database(path)
     with duckdb.connect(str(path)) as con:
         con.execute("SET TimeZone = 'UTC'")
-        for table in TABLES:
-            con.execute(duckdb_ddl(table))
+        if fresh:
+            for table in TABLES:
+                con.execute(duckdb_ddl(table))
         con.register("incoming", incoming)
         con.register("refused", refused)
-        # An event seen in two partitions (or twice in one) is kept once: the newest revision.
-        con.execute(
-            f"""INSERT INTO {EVENTS.name} SELECT * FROM incoming
-            QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated DESC) = 1
-            ORDER BY time, id"""
-        )
+        # Statement by statement, not one transaction: DuckDB checks a primary key eagerly, so a
+        # delete and re-insert of one key must not share a transaction. The file is a scratch
+        # copy until the run succeeds, which is what makes the whole load atomic.
+        for statement in filter(str.strip, _UPSERT.split(";")):
+            con.execute(statement)
         con.execute(f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM refused", [run.run_id])
-        received, loaded = con.execute(
-            """SELECT
+        received, accepted, total = con.execute(
+            f"""SELECT
                  (SELECT count(DISTINCT id) FROM (SELECT id FROM incoming UNION ALL
                     SELECT id FROM refused WHERE id IS NOT NULL))
                  + (SELECT count(*) FROM refused WHERE id IS NULL),
-                 (SELECT count(*) FROM events)"""
+                 (SELECT count(DISTINCT id) FROM incoming),
+                 (SELECT count(*) FROM {EVENTS.name})"""
         ).fetchall()[0]
-        counts = LoadCounts(received=received, loaded=loaded, rejected=received - loaded)
+        counts = LoadCounts(received, accepted, received - accepted, total)
         stats = run.stats
         run_row = pa.Table.from_pylist(
             [
@@ -99,10 +154,13 @@ def write_duckdb(
 
 @worker.task
 def load(
-    events: list[pa.Table], rejects: list[pa.Table], run: RunRecord
+    events: list[pa.Table], rejects: list[pa.Table], run: RunRecord, previous: File | None = None
 ) -> tuple[File, LoadCounts]:
+    """Add the run to a copy of ``previous`` (or a new database) and hand the copy on."""
     with tempfile.TemporaryDirectory(prefix="quakecat-load-") as scratch:
         path = Path(scratch) / "quakes.duckdb"
+        if previous is not None:
+            previous.download_sync(str(path))
         counts = write_duckdb(path, events, rejects, run)
         # Copied into the run's raw data (local folder or blob store) before scratch goes.
         output = File.from_local_sync(

@@ -22,6 +22,19 @@ class Table:
 
 EVENTS = Table("events", EVENTS_SCHEMA, "one row per event", ("id",))
 
+EVENT_IDS = Table(
+    "event_ids",
+    pa.schema(
+        [
+            pa.field("alias", pa.string(), nullable=False),
+            pa.field("id", pa.string(), nullable=False),
+        ]
+    ),
+    "one row per id an event has had (its preferred id included), pointing at events.id;"
+    " an event whose preferred id changes is found again through its old one",
+    ("alias",),
+)
+
 REJECTED_EVENTS = Table(
     "rejected_events",
     pa.schema(
@@ -64,7 +77,7 @@ ETL_RUNS = Table(
     ("run_id",),
 )
 
-TABLES: tuple[Table, ...] = (EVENTS, REJECTED_EVENTS, ETL_RUNS)
+TABLES: tuple[Table, ...] = (EVENTS, EVENT_IDS, REJECTED_EVENTS, ETL_RUNS)
 
 _DUCKDB_TYPES: dict[pa.DataType, str] = {
     pa.string(): "VARCHAR",

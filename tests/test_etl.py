@@ -102,20 +102,37 @@ def test_bad_arguments_exit_2_with_one_line(quakecat, tmp_path, argv, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unreachable_service_exits_1_and_leaves_existing_output_untouched(quakecat, tmp_path):
+def test_unreachable_service_exits_1_and_leaves_existing_output_untouched(
+    service: FakeFDSN, quakecat, tmp_path
+):
     out = tmp_path / "quakes.duckdb"
-    out.write_bytes(b"previous database")
-    code, _stdout, stderr = quakecat(
+    first = quakecat(
+        "--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url,
+        "--out", str(out),
+    )  # fmt: skip
+    assert first[0] == 0
+    before = out.read_bytes()
+    code, stdout, stderr = quakecat(
         "--start", "2024-05-01", "--end", "2024-05-02", "--base-url", "http://127.0.0.1:9/fdsn",
         "--out", str(out), "--connect-timeout", "0.5",
     )  # fmt: skip
-    assert code == 1
+    assert (code, stdout) == (1, "")
     assert stderr == (
         "quakecat: error: http://127.0.0.1:9/fdsn/count failed after 3 attempts; last error: "
         "could not connect. Check the service or try again later\n"
     )
-    assert out.read_bytes() == b"previous database"
+    assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["quakes.duckdb"]
+
+
+def test_an_out_file_that_is_not_our_database_exits_2_untouched(quakecat, tmp_path):
+    out = tmp_path / "notes.duckdb"
+    out.write_bytes(b"my notes")
+    code, _, stderr = quakecat("--start", "2024-05-01", "--end", "2024-05-02", "--out", str(out))
+    assert code == 2
+    assert stderr.startswith(f"quakecat: error: --out {out} is not a quakecat DuckDB database (")
+    assert stderr.endswith("); choose another --out or remove it\n")
+    assert out.read_bytes() == b"my notes"
 
 
 def test_console_script_reports_one_line_without_traceback(tmp_path):
@@ -198,3 +215,72 @@ def test_invalid_records_are_quarantined_with_reason_and_raw_json(
     assert rejected == sorted((id_, reason, f'"{id_}"') for id_, reason in reasons.items())
     assert accounting == [(len(chosen), len(chosen) - 3, 3)]
     assert in_events == 0
+
+
+def _events(path) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute("SELECT * FROM events ORDER BY id").fetchall()
+
+
+def test_overlapping_runs_and_a_revised_event_give_one_row_per_event_with_newest_values(
+    may_catalogue: Catalogue, quakecat, tmp_path
+):
+    out = tmp_path / "q.duckdb"
+    with FakeFDSN(may_catalogue) as service:
+        assert quakecat(
+            "--start", "2024-05-01", "--end", "2024-05-03", "--base-url", service.base_url,
+            "--out", str(out),
+        )[0] == 0  # fmt: skip
+
+    # The service revises one event of 2 May: newer `updated`, a new place, and a new preferred
+    # id; the old id becomes an alias.
+    old = may_catalogue.select(int(utc(2024, 5, 2).timestamp() * 1000), 2**62)[5]
+    feature = json.loads(old.raw)
+    feature["id"] = "us7000new1"
+    feature["properties"].update(
+        updated=old.updated_ms + 60_000,
+        place="12 km N of Revised, Alaska",
+        ids=f",{old.id},us7000new1,",
+    )
+    revised = dataclasses.replace(
+        old, id="us7000new1", updated_ms=old.updated_ms + 60_000, raw=json.dumps(feature).encode()
+    )
+    catalogue = Catalogue(tuple(revised if e is old else e for e in may_catalogue.events))
+    with FakeFDSN(catalogue) as service:
+        code, stdout, _ = quakecat(
+            "--start", "2024-05-02", "--end", "2024-05-04", "--base-url", service.base_url,
+            "--out", str(out),
+        )  # fmt: skip
+        assert code == 0
+        after_second = _events(out)
+        code, _, _ = quakecat(
+            "--start", "2024-05-02", "--end", "2024-05-04", "--base-url", service.base_url,
+            "--out", str(out),
+        )  # fmt: skip
+        assert code == 0
+
+    expected_ids = {f["id"] for f in catalogue.features(utc(2024, 5, 1), utc(2024, 5, 4))}
+    assert old.id not in expected_ids
+    assert {row[0] for row in after_second} == expected_ids
+    assert len(after_second) == len(expected_ids)
+    assert f"{len(expected_ids):,} in the file" in stdout
+    with duckdb.connect(str(out), read_only=True) as con:
+        assert con.execute(
+            "SELECT place, updated, ids FROM events WHERE id = 'us7000new1'"
+        ).fetchall() == [
+            (
+                "12 km N of Revised, Alaska",
+                dt.datetime.fromtimestamp(revised.updated_ms / 1000, dt.UTC),
+                [old.id, "us7000new1"],
+            )
+        ]
+        aliases = con.execute(
+            "SELECT alias, id FROM event_ids WHERE id = 'us7000new1' ORDER BY alias"
+        ).fetchall()
+        assert aliases == [(old.id, "us7000new1"), ("us7000new1", "us7000new1")]
+        assert con.execute("SELECT count(*) FROM event_ids").fetchall() == [
+            (sum(len(set(r[17]) | {r[0]}) for r in after_second),)
+        ]
+        assert con.execute("SELECT count(*) FROM etl_runs").fetchall() == [(3,)]
+    # Loading the same window again changes nothing in `events`.
+    assert _events(out) == after_second
