@@ -65,11 +65,13 @@ def check_database(path: Path) -> None:
 
 
 # Newest revision wins, across partitions, runs, and changes of preferred id: an incoming event
-# replaces every stored event that shares any of its ids, unless a stored one is newer.
+# replaces every stored event that shares any of its ids, unless a stored one is newer. USGS
+# sometimes revises text (place, title) without touching `updated`: on such a tie the later
+# arrival wins, in the run (`arrival`) as across runs.
 _UPSERT = f"""
 CREATE TEMP TABLE batch AS
-    SELECT * FROM incoming
-    QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated DESC) = 1;
+    SELECT * EXCLUDE (arrival) FROM incoming
+    QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated DESC, arrival DESC) = 1;
 CREATE TEMP TABLE batch_aliases AS
     SELECT DISTINCT id, unnest(list_distinct(list_append(coalesce(ids, []), id))) AS alias
     FROM batch;
@@ -96,6 +98,7 @@ def write_duckdb(
 ) -> LoadCounts:
     """Create the database at ``path``, or add this run to the one already there."""
     incoming = pa.concat_tables(events) if events else EVENTS_SCHEMA.empty_table()
+    incoming = incoming.append_column("arrival", pa.array(range(incoming.num_rows), pa.int64()))
     refused = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
     fresh = not path.exists()
     if not fresh:
