@@ -11,6 +11,7 @@ import duckdb
 import pyarrow as pa
 from flyte.io import File
 
+from pipelines.analytics import materialise
 from pipelines.clean import REJECTS_SCHEMA
 from pipelines.envs import worker
 from pipelines.errors import QuakecatError
@@ -116,6 +117,7 @@ def write_duckdb(
         for statement in filter(str.strip, _UPSERT.split(";")):
             con.execute(statement)
         con.execute(f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM refused", [run.run_id])
+        materialise(con)
         received, accepted, total = con.execute(
             f"""SELECT
                  (SELECT count(DISTINCT id) FROM (SELECT id FROM incoming UNION ALL

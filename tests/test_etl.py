@@ -11,6 +11,7 @@ import sys
 import duckdb
 import pytest
 
+from pipelines.analytics import ANALYTICS_TABLES
 from pipelines.fdsn.fake import Catalogue, FakeFDSN
 from tests.conftest import utc
 
@@ -62,6 +63,10 @@ def test_multi_day_window_loads_exactly_what_the_service_holds(
         assert con.execute("SELECT typeof(time) FROM events LIMIT 1").fetchone() == (
             "TIMESTAMP WITH TIME ZONE",
         )
+        (daily_total,) = con.execute("SELECT sum(events) FROM daily_summary").fetchall()[0]
+        assert daily_total == len(expected)
+        for table in ANALYTICS_TABLES:
+            assert con.execute(f"SELECT count(*) > 0 FROM {table}").fetchall() == [(True,)], table
         run = con.execute(
             "SELECT partitions, events_received, events_loaded, events_rejected, requests,"
             " base_url FROM etl_runs"
