@@ -7,8 +7,11 @@ makes cleaning cheap enough to run at archive scale; the columnar normalisation 
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, get_args, get_origin
 
 import msgspec
 import pyarrow as pa
@@ -25,7 +28,15 @@ _PLAIN_WIRE_TYPES = {pa.string(): str, pa.float64(): float}
 
 
 def _wire_type(column: Column) -> object:
-    return column.wire_type if column.wire_type is not None else _PLAIN_WIRE_TYPES[column.arrow]
+    declared = column.wire_type if column.wire_type is not None else _PLAIN_WIRE_TYPES[column.arrow]
+    if pa.types.is_integer(column.arrow) or pa.types.is_timestamp(column.arrow):
+        # A value that would overflow its column rejects its record, not the whole answer.
+        width = column.arrow.bit_width
+        base, *metas = get_args(declared) if get_origin(declared) is Annotated else (declared,)
+        ge = max([-(2 ** (width - 1))] + [m.ge for m in metas if m.ge is not None])
+        le = min([2 ** (width - 1) - 1] + [m.le for m in metas if m.le is not None])
+        return Annotated[base, msgspec.Meta(ge=ge, le=le)]
+    return declared
 
 
 _PROPERTY_COLUMNS = tuple(c for c in RECORD if c.wire is not None)
@@ -77,6 +88,39 @@ _feature = msgspec.json.Decoder(Feature, strict=False)
 _id_only = msgspec.json.Decoder(_IdOnly)
 
 
+def _wire_arrow(column: Column) -> pa.DataType:
+    """The Arrow type a decoded value converts to before its column's own normalisation."""
+    if column.arrow == STRING_LIST:
+        return pa.string()  # still ',a,b,': split after conversion, in Arrow
+    if pa.types.is_timestamp(column.arrow):
+        return pa.int64()  # epoch ms as sent; the cast to a timestamp is free
+    return column.arrow
+
+
+_GEOMETRY_COLUMNS = ("longitude", "latitude", "depth_km")  # Geometry.coordinates, in order
+
+# The shape of one (id, properties, coordinates) row tuple of _to_table.
+_WIRE_ROW = pa.struct(
+    [
+        ("id", _wire_arrow(COLUMNS["id"])),
+        ("properties", pa.struct([(c.wire, _wire_arrow(c)) for c in _PROPERTY_COLUMNS])),
+        ("coordinates", pa.struct([(n, _wire_arrow(COLUMNS[n])) for n in _GEOMETRY_COLUMNS])),
+    ]
+)
+
+
+def _wire_path(column: Column) -> list[int]:
+    """Where ``column`` sits in a ``_WIRE_ROW``, as a ``pc.struct_field`` index path."""
+    if column.name == "id":
+        return [0]
+    if column.wire is not None:
+        return [1, _PROPERTY_COLUMNS.index(column)]
+    return [2, _GEOMETRY_COLUMNS.index(column.name)]
+
+
+_WIRE_PATHS = tuple((c, _wire_path(c)) for c in RECORD)
+
+
 @dataclass(frozen=True)
 class Cleaned:
     """One answer, cleaned. ``received`` counts every feature sent, accepted or not."""
@@ -91,26 +135,46 @@ class Cleaned:
 
 def clean_body(body: bytes, partition: str) -> Cleaned:
     """Parse and clean one FDSN GeoJSON answer; raise ``BadBody`` if it is not a whole one."""
-    features, rejects = _decode(body)
-    return Cleaned(_to_table(features), _rejects_table(rejects, partition))
+    # Everything built here is acyclic, so the cyclic GC can only waste time: a large body
+    # allocates enough tracked tuples to set off full collections, each of which walks every
+    # object in the process, so the cost grows with whatever else the worker has imported.
+    # Reference counting still frees all of it; other code's cycles wait until the GC is back.
+    with _gc_paused():
+        features, rejects = _decode(body)
+        return Cleaned(_to_table(features), _rejects_table(rejects, partition))
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        # Only undo our own switch: a caller that turned the GC off keeps it off.
+        if was_enabled:
+            gc.enable()
 
 
 def _decode(body: bytes) -> tuple[list[Feature], list[tuple[object, str, bytes]]]:
     if not body:
         raise BadBody("empty body (0 bytes) where a GeoJSON FeatureCollection was expected")
+    # msgspec never looks inside text it skips, so encoding is checked on the whole body.
+    if not body.isascii():
+        _check_utf8(body)
     try:
         # Fast path: every feature valid, one C-level pass.
         return _collection.decode(body).features, []
     except msgspec.ValidationError:
-        pass
+        pass  # a bad record, or a body that is no FeatureCollection: sorted out below
     except msgspec.DecodeError as exc:
         raise _bad_json(body, exc) from None
-    except UnicodeDecodeError:
-        raise _bad_utf8(body) from None
     try:
         raw = _raw_collection.decode(body)
     except msgspec.ValidationError as exc:
         raise BadBody(f"not a GeoJSON FeatureCollection ({exc})") from None
+    except msgspec.DecodeError as exc:  # reached only past the first bad record
+        raise _bad_json(body, exc) from None
     good: list[Feature] = []
     bad: list[tuple[object, str, bytes]] = []
     for item in raw.features:
@@ -122,19 +186,16 @@ def _decode(body: bytes) -> tuple[list[Feature], list[tuple[object, str, bytes]]
 
 
 def _bad_json(body: bytes, exc: msgspec.DecodeError) -> BadBody:
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError:
-        return _bad_utf8(body)
     return BadBody(f"invalid JSON after {len(body):,} bytes ({exc}): truncated or corrupt body")
 
 
-def _bad_utf8(body: bytes) -> BadBody:
+def _check_utf8(body: bytes) -> None:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return BadBody(f"body is not UTF-8: byte 0x{body[exc.start]:02x} at offset {exc.start:,}")
-    return BadBody("body is not UTF-8")
+        raise BadBody(
+            f"body is not UTF-8: byte 0x{body[exc.start]:02x} at offset {exc.start:,}"
+        ) from None
 
 
 def _id_of(raw: msgspec.Raw) -> str | None:
@@ -146,37 +207,38 @@ def _id_of(raw: msgspec.Raw) -> str | None:
 
 
 def _to_table(features: list[Feature]) -> pa.Table:
+    """The events table of ``features``, which it empties: each is freed once converted."""
     if not features:
         return RECORD_SCHEMA.empty_table()
-    props = [msgspec.structs.astuple(f.properties) for f in features]
-    by_wire = dict(zip(Properties.__struct_fields__, zip(*props, strict=True), strict=True))
-    coords = dict(
-        zip(
-            ("longitude", "latitude", "depth_km"),
-            zip(*(f.geometry.coordinates for f in features), strict=True),
-            strict=True,
-        )
-    )
-    arrays = []
-    for column in RECORD:
-        if column.name == "id":
-            values = [f.id for f in features]
-        elif column.wire is not None:
-            values = by_wire.get(column.wire, ())
-        else:
-            values = coords.get(column.name, ())
-        arrays.append(_typed(column, values))
+    # One row tuple per feature, nested as the wire is, and one conversion of the lot: Arrow's
+    # C++ converter turns tuples into struct fields directly, so no per-column Python lists are
+    # built (transposing with zip(*rows) cost more than converting the values).
+    nested = pa.array(_drain_rows(features), _WIRE_ROW, size=len(features))
+    arrays = [_typed(column, pc.struct_field(nested, path)) for column, path in _WIRE_PATHS]
     return pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA)
 
 
-def _typed(column: Column, values) -> pa.Array:
+def _drain_rows(features: list[Feature]) -> Iterator[tuple]:
+    # Popping hands each feature to the converter as the last reference to it, so its millions
+    # of small objects are freed while still in cache rather than in one cold sweep at the end.
+    features.reverse()
+    pop = features.pop
+    astuple = msgspec.structs.astuple
+    for _ in range(len(features)):
+        feature = pop()
+        yield (feature.id, astuple(feature.properties), feature.geometry.coordinates)
+
+
+def _typed(column: Column, array: pa.Array) -> pa.Array:
     if column.arrow == STRING_LIST:
-        return _split_list(pa.array(values, pa.string()))
+        return _split_list(array)
     if pa.types.is_timestamp(column.arrow):
-        return pa.array(values, pa.int64()).cast(column.arrow)
-    array = pa.array(values, column.arrow)
+        return array.cast(column.arrow)
     if column.decimals is not None:
-        array = pc.round(array, column.decimals)
+        # Scale, round, unscale: pc.round(x, d) leaves x alone when x * 10**d is already
+        # integral in floating point, which keeps 1-ulp artefacts such as 1.5999999999999999.
+        scale = 10.0**column.decimals
+        array = pc.divide(pc.round(pc.multiply(array, scale)), scale)
     return _NORMALISE.get(column.name, _same)(array)
 
 
@@ -198,8 +260,13 @@ def _split_list(array: pa.Array) -> pa.Array:
     """',a,b,' -> ['a', 'b']; '' and ',,' -> []; null stays null."""
     trimmed = pc.utf8_trim(array, ",")
     parts = pc.split_pattern(trimmed, ",")
+    nothing = pc.equal(trimmed, "")
+    if not pc.any(nothing).as_py():
+        # USGS always lists at least one id, source and type, and patching in [] copies every
+        # list, so pay for it only when some row needs it.
+        return parts
     empty = pa.array([[]] * len(array), STRING_LIST)
-    return pc.if_else(pc.equal(trimmed, ""), empty, parts)
+    return pc.if_else(nothing, empty, parts)
 
 
 def _rejects_table(rejects: list[tuple[object, str, bytes]], partition: str) -> pa.Table:
