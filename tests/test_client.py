@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from urllib3 import HTTPResponse
 
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.extract import plan_window
-from pipelines.fdsn.client import ClientSettings, FdsnClient, FetchStats, _Policy, validate_base_url
+from pipelines.fdsn.client import (
+    ClientSettings,
+    FdsnClient,
+    FetchStats,
+    PolitenessBudget,
+    _Policy,
+    validate_base_url,
+)
 from pipelines.fdsn.fake import FakeFDSN
 from pipelines.plan import Window
 from pipelines.version import USER_AGENT
@@ -70,3 +79,14 @@ def test_a_non_retryable_status_fails_at_once_with_the_service_message(service: 
 
 def test_user_agent_names_quakecat_and_its_version():
     assert USER_AGENT.startswith("quakecat/0.1.0 ")
+
+
+def test_the_rate_budget_holds_a_start_back_until_the_window_has_room():
+    budget = PolitenessBudget(max_in_flight=4, max_per_window=2, window_s=0.3)
+    began = time.monotonic()
+    starts = []
+    for _ in range(3):
+        with budget.slot():
+            starts.append(time.monotonic() - began)
+    assert starts[1] < 0.1
+    assert starts[2] >= 0.3
