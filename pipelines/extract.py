@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
+from flyte.io import DataFrame
 
 from pipelines.clean import Cleaned, clean_body
 from pipelines.envs import worker
@@ -115,9 +116,11 @@ def plan(window: Window, request: FetchRequest) -> Plan:
 @worker.task
 def extract(
     partition: Window, request: FetchRequest, max_allowed: int
-) -> tuple[pa.Table, pa.Table, FetchStats]:
+) -> tuple[DataFrame, pa.Table, FetchStats]:
+    """Events go on as a reference (Parquet in the run's raw data), so the driver never holds
+    a partition's rows; rejects are few and travel inline."""
     stats = FetchStats()
     cleaned = fetch_partition(
         client_for(request.client), partition, request.min_magnitude, max_allowed, stats
     )
-    return cleaned.events, cleaned.rejects, stats
+    return DataFrame.from_df(cleaned.events), cleaned.rejects, stats

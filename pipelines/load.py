@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-from flyte.io import File
+from flyte.io import DataFrame, File
 
 from pipelines.analytics import materialise
 from pipelines.clean import REJECTS_SCHEMA
@@ -18,7 +19,15 @@ from pipelines.errors import QuakecatError
 from pipelines.fdsn.client import FetchStats
 from pipelines.plan import Window
 from schemas.events import EVENTS_SCHEMA, SCHEMA_VERSION
-from schemas.tables import ETL_RUNS, EVENT_IDS, EVENTS, REJECTED_EVENTS, TABLES, duckdb_ddl
+from schemas.tables import (
+    ETL_RUNS,
+    EVENT_IDS,
+    EVENTS,
+    REJECTED_EVENTS,
+    TABLES,
+    Table,
+    duckdb_ddl,
+)
 
 
 @dataclass
@@ -94,29 +103,50 @@ INSERT INTO {EVENT_IDS.name}
 """
 
 
+# Staging for one run's partitions; `arrival` orders revisions that tie on `updated`.
+_INCOMING = Table(
+    "incoming",
+    EVENTS_SCHEMA.append(pa.field("arrival", pa.int64(), nullable=False)),
+    "one row per event row received in this run",
+    (),
+)
+_REFUSED = Table("refused", REJECTS_SCHEMA, "one row per feature rejected in this run", ())
+
+
 def write_duckdb(
-    path: Path, events: list[pa.Table], rejects: list[pa.Table], run: RunRecord
+    path: Path, events: Iterable[pa.Table], rejects: Iterable[pa.Table], run: RunRecord
 ) -> LoadCounts:
-    """Create the database at ``path``, or add this run to the one already there."""
-    incoming = pa.concat_tables(events) if events else EVENTS_SCHEMA.empty_table()
-    incoming = incoming.append_column("arrival", pa.array(range(incoming.num_rows), pa.int64()))
-    refused = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
+    """Create the database at ``path``, or add this run to the one already there.
+
+    Partitions are staged one at a time (``events`` may be a lazy iterable), so memory holds one
+    partition, not the run: DuckDB keeps the staged rows and spills them to disk when it must.
+    """
     fresh = not path.exists()
     if not fresh:
         check_database(path)
     with duckdb.connect(str(path)) as con:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET memory_limit = '256MB'")
         if fresh:
             for table in TABLES:
                 con.execute(duckdb_ddl(table))
-        con.register("incoming", incoming)
-        con.register("refused", refused)
+        con.execute(duckdb_ddl(_INCOMING, temporary=True))
+        con.execute(duckdb_ddl(_REFUSED, temporary=True))
+        arrival = 0
+        for part in events:
+            order = pa.array(range(arrival, arrival + part.num_rows), pa.int64())
+            _append(con, _INCOMING.name, part.append_column("arrival", order))
+            arrival += part.num_rows
+        for part in rejects:
+            _append(con, _REFUSED.name, part)
         # Statement by statement, not one transaction: DuckDB checks a primary key eagerly, so a
         # delete and re-insert of one key must not share a transaction. The file is a scratch
         # copy until the run succeeds, which is what makes the whole load atomic.
         for statement in filter(str.strip, _UPSERT.split(";")):
             con.execute(statement)
-        con.execute(f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM refused", [run.run_id])
+        con.execute(
+            f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM {_REFUSED.name}", [run.run_id]
+        )
         materialise(con)
         received, accepted, total = con.execute(
             f"""SELECT
@@ -157,16 +187,28 @@ def write_duckdb(
     return counts
 
 
+def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    con.register("staged_part", rows)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM staged_part")
+    finally:
+        con.unregister("staged_part")
+
+
 @worker.task
 def load(
-    events: list[pa.Table], rejects: list[pa.Table], run: RunRecord, previous: File | None = None
+    events: list[DataFrame],
+    rejects: list[pa.Table],
+    run: RunRecord,
+    previous: File | None = None,
 ) -> tuple[File, LoadCounts]:
     """Add the run to a copy of ``previous`` (or a new database) and hand the copy on."""
     with tempfile.TemporaryDirectory(prefix="quakecat-load-") as scratch:
         path = Path(scratch) / "quakes.duckdb"
         if previous is not None:
             previous.download_sync(str(path))
-        counts = write_duckdb(path, events, rejects, run)
+        partitions = (frame.open(pa.Table).all_sync() for frame in events)
+        counts = write_duckdb(path, partitions, rejects, run)
         # Copied into the run's raw data (local folder or blob store) before scratch goes.
         output = File.from_local_sync(
             path, remote_destination=File.new_remote("quakes.duckdb").path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pyarrow as pa
+from flyte.io import DataFrame
 
 from pipelines.envs import worker
 from schemas.events import EVENTS_SCHEMA
@@ -44,5 +45,5 @@ def derive(events: pa.Table) -> pa.Table:
 
 
 @worker.task
-def transform(events: pa.Table) -> pa.Table:
-    return derive(events)
+def transform(events: DataFrame) -> DataFrame:
+    return DataFrame.from_df(derive(events.open(pa.Table).all_sync()))
