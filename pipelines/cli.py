@@ -23,10 +23,11 @@ from flyte.io import File
 
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
-from pipelines.load import IncompatibleDatabase, check_database
+from pipelines.load import FORMATS, IncompatibleDatabase, check_database
 from pipelines.plan import Window, check_window, default_window, parse_time
 
 DEFAULT_OUT = Path("data/quakes.duckdb")
+DEFAULT_DEMO_OUT = Path("data/demo.duckdb")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
@@ -69,6 +70,12 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-body-mb", type=_positive(int), default=defaults.max_body_bytes // 2**20
     )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="duckdb",
+        help="database file format (default duckdb; sqlite stores times as ISO-8601 text)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and logs")
 
 
@@ -83,11 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("QUAKECAT_BASE_URL", USGS_BASE_URL),
         help="FDSN event service root (env QUAKECAT_BASE_URL)",
     )
-    etl.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    etl.add_argument(
+        "--out", type=Path, help=f"default {DEFAULT_OUT} (.sqlite with --format sqlite)"
+    )
 
     demo = commands.add_parser("demo", help="offline: the ETL against a generated fake service")
     _add_fetch_options(demo)
-    demo.add_argument("--out", type=Path, default=Path("data/demo.duckdb"))
+    demo.add_argument("--out", type=Path, help=f"default {DEFAULT_DEMO_OUT}")
     demo.set_defaults(start="2024-05-01", end="2024-05-15")
     return parser
 
@@ -114,13 +123,15 @@ def _settings(args: argparse.Namespace, base_url: str) -> ClientSettings:
     )
 
 
-def _check_out(out: Path) -> Path:
+def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
     """``out`` may be new, or a database of ours that this run will add to."""
+    if out is None:
+        out = default.with_suffix(f".{fmt}")
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file path such as {DEFAULT_OUT}")
     if out.exists():
         try:
-            check_database(out)
+            check_database(out, fmt)
         except IncompatibleDatabase as exc:
             raise UsageError(f"--out {exc}") from None
     return out
@@ -144,7 +155,14 @@ def publish(database: File, out: Path) -> None:
         database.download_sync(str(partial))
 
 
-def run_pipeline(window: Window, settings: ClientSettings, min_magnitude, out: Path, verbose: bool):
+def run_pipeline(
+    window: Window,
+    settings: ClientSettings,
+    min_magnitude: float | None,
+    out: Path,
+    fmt: str = "duckdb",
+    verbose: bool = False,
+):
     from pipelines.etl import etl
     from pipelines.extract import FetchRequest
 
@@ -154,7 +172,12 @@ def run_pipeline(window: Window, settings: ClientSettings, min_magnitude, out: P
     with tempfile.TemporaryDirectory(prefix="quakecat-run-") as raw:
         previous = File.from_local_sync(out) if out.exists() else None
         run = flyte.with_runcontext(mode="local", raw_data_path=raw).run(
-            etl, start=window.start, end=window.end, request=request, previous=previous
+            etl,
+            start=window.start,
+            end=window.end,
+            request=request,
+            previous=previous,
+            fmt=fmt,
         )
         database, summary = run.outputs()
         publish(database, out)
@@ -178,9 +201,11 @@ def _print_summary(summary, out: Path, seconds: float) -> None:
 def cmd_etl(args: argparse.Namespace) -> int:
     window = _window(args)
     settings = _settings(args, args.base_url)
-    out = _check_out(args.out)
+    out = _check_out(args.out, args.format, DEFAULT_OUT)
     began = time.monotonic()
-    summary = run_pipeline(window, settings, args.min_magnitude, out, args.verbose)
+    summary = run_pipeline(
+        window, settings, args.min_magnitude, out, args.format, verbose=args.verbose
+    )
     _print_summary(summary, out, time.monotonic() - began)
     return EXIT_OK
 
@@ -189,13 +214,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.fdsn.fake import FakeFDSN, generate_catalogue
 
     window = _window(args)
-    out = _check_out(args.out)
+    out = _check_out(args.out, args.format, DEFAULT_DEMO_OUT)
     catalogue = generate_catalogue(window.start, window.end)
     with FakeFDSN(catalogue) as service:
         print(f"fake FDSN service at {service.base_url} holding {len(catalogue.events):,} events")
         began = time.monotonic()
+        settings = _settings(args, service.base_url)
         summary = run_pipeline(
-            window, _settings(args, service.base_url), args.min_magnitude, out, args.verbose
+            window, settings, args.min_magnitude, out, args.format, verbose=args.verbose
         )
     _print_summary(summary, out, time.monotonic() - began)
     expected = catalogue.count(window.start, window.end, args.min_magnitude)

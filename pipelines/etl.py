@@ -37,9 +37,16 @@ class RunSummary:
 
 @driver.task
 async def etl(
-    start: dt.datetime, end: dt.datetime, request: FetchRequest, previous: File | None = None
+    start: dt.datetime,
+    end: dt.datetime,
+    request: FetchRequest,
+    previous: File | None = None,
+    fmt: str = "duckdb",
 ) -> tuple[File, RunSummary]:
-    """Fetch [start, end) into a new database, or into a copy of ``previous`` (an upsert)."""
+    """Fetch [start, end) into a new database, or into a copy of ``previous`` (an upsert).
+
+    ``fmt`` is the file's format, duckdb or sqlite (``previous`` is in the same format).
+    """
     started_at = dt.datetime.now(dt.UTC)
     window = Window(start, end)
     survey = await plan.aio(window, request)
@@ -72,7 +79,9 @@ async def etl(
         stats=stats,
         code_version=CODE_VERSION,
     )
-    database, counts = await load.aio(list(events), [r for _, r, _ in extracted], record, previous)
+    database, counts = await load.aio(
+        list(events), [r for _, r, _ in extracted], record, previous, fmt
+    )
     return database, RunSummary(
         run_id=run_id,
         window_start=window.start,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import sqlite3
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pipelines.envs import worker
 from pipelines.errors import QuakecatError
 from pipelines.fdsn.client import FetchStats
 from pipelines.plan import Window
+from pipelines.sqlite import export_sqlite, import_sqlite
 from schemas.events import EVENTS_SCHEMA, SCHEMA_VERSION
 from schemas.tables import (
     ETL_RUNS,
@@ -56,16 +59,24 @@ class IncompatibleDatabase(QuakecatError):
     pass
 
 
-def check_database(path: Path) -> None:
-    """Raise unless ``path`` is a database this version of quakecat can add to."""
+FORMATS = ("duckdb", "sqlite")
+
+
+def check_database(path: Path, fmt: str = "duckdb") -> None:
+    """Raise unless ``path`` is a database of ``fmt`` that this version of quakecat can add to."""
+    query = f"SELECT max(schema_version) FROM {ETL_RUNS.name}"
     try:
-        with duckdb.connect(str(path), read_only=True) as con:
-            found = con.execute(f"SELECT max(schema_version) FROM {ETL_RUNS.name}").fetchall()
-    except duckdb.Error as exc:
+        if fmt == "sqlite":
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+                found = con.execute(query).fetchall()
+        else:
+            with duckdb.connect(str(path), read_only=True) as con:
+                found = con.execute(query).fetchall()
+    except (duckdb.Error, sqlite3.Error) as exc:
         reason = str(exc).splitlines()[0]
         raise IncompatibleDatabase(
-            f"{path} is not a quakecat DuckDB database ({reason}); choose another --out or "
-            "remove it"
+            f"{path} is not a quakecat {'SQLite' if fmt == 'sqlite' else 'DuckDB'} database "
+            f"({reason}); choose another --out or remove it"
         ) from None
     if found[0][0] != SCHEMA_VERSION:
         raise IncompatibleDatabase(
@@ -201,16 +212,25 @@ def load(
     rejects: list[pa.Table],
     run: RunRecord,
     previous: File | None = None,
+    fmt: str = "duckdb",
 ) -> tuple[File, LoadCounts]:
     """Add the run to a copy of ``previous`` (or a new database) and hand the copy on."""
     with tempfile.TemporaryDirectory(prefix="quakecat-load-") as scratch:
-        path = Path(scratch) / "quakes.duckdb"
+        work = Path(scratch) / "quakes.duckdb"
         if previous is not None:
-            previous.download_sync(str(path))
+            if fmt == "sqlite":
+                previous.download_sync(str(work.with_suffix(".previous")))
+                import_sqlite(work.with_suffix(".previous"), work)
+            else:
+                previous.download_sync(str(work))
         partitions = (frame.open(pa.Table).all_sync() for frame in events)
-        counts = write_duckdb(path, partitions, rejects, run)
+        counts = write_duckdb(work, partitions, rejects, run)
+        result = work
+        if fmt == "sqlite":
+            result = work.with_suffix(".sqlite")
+            export_sqlite(work, result)
         # Copied into the run's raw data (local folder or blob store) before scratch goes.
         output = File.from_local_sync(
-            path, remote_destination=File.new_remote("quakes.duckdb").path
+            result, remote_destination=File.new_remote(f"quakes.{fmt}").path
         )
     return output, counts
