@@ -155,6 +155,11 @@ def publish(database: File, out: Path) -> None:
         database.download_sync(str(partial))
 
 
+def report_path(out: Path) -> Path:
+    """The HTML report lives beside the database: data/quakes.duckdb -> data/report.html."""
+    return out.with_name("report.html")
+
+
 def run_pipeline(
     window: Window,
     settings: ClientSettings,
@@ -179,8 +184,9 @@ def run_pipeline(
             previous=previous,
             fmt=fmt,
         )
-        database, summary = run.outputs()
+        database, report, summary = run.outputs()
         publish(database, out)
+        publish(report, report_path(out))
     return summary
 
 
@@ -194,7 +200,8 @@ def _print_summary(summary, out: Path, seconds: float) -> None:
         f"requests    {summary.requests:,} ({summary.retries:,} retries, {summary.splits:,} splits,"
         f" {summary.bytes_received / 2**20:,.1f} MiB)\n"
         f"seconds     {seconds:,.1f}\n"
-        f"output      {out}"
+        f"output      {out}\n"
+        f"report      {report_path(out)}"
     )
 
 

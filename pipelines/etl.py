@@ -42,10 +42,11 @@ async def etl(
     request: FetchRequest,
     previous: File | None = None,
     fmt: str = "duckdb",
-) -> tuple[File, RunSummary]:
+) -> tuple[File, File, RunSummary]:
     """Fetch [start, end) into a new database, or into a copy of ``previous`` (an upsert).
 
     ``fmt`` is the file's format, duckdb or sqlite (``previous`` is in the same format).
+    Returns the database, its HTML report, and the run's summary.
     """
     started_at = dt.datetime.now(dt.UTC)
     window = Window(start, end)
@@ -79,21 +80,25 @@ async def etl(
         stats=stats,
         code_version=CODE_VERSION,
     )
-    database, counts = await load.aio(
+    database, report, counts = await load.aio(
         list(events), [r for _, r, _ in extracted], record, previous, fmt
     )
-    return database, RunSummary(
-        run_id=run_id,
-        window_start=window.start,
-        window_end=window.end,
-        partitions=len(survey.partitions),
-        expected_events=survey.expected_events,
-        events_received=counts.received,
-        events_loaded=counts.loaded,
-        events_rejected=counts.rejected,
-        events_total=counts.total,
-        requests=stats.requests,
-        retries=stats.retries,
-        splits=stats.splits,
-        bytes_received=stats.bytes_received,
+    return (
+        database,
+        report,
+        RunSummary(
+            run_id=run_id,
+            window_start=window.start,
+            window_end=window.end,
+            partitions=len(survey.partitions),
+            expected_events=survey.expected_events,
+            events_received=counts.received,
+            events_loaded=counts.loaded,
+            events_rejected=counts.rejected,
+            events_total=counts.total,
+            requests=stats.requests,
+            retries=stats.retries,
+            splits=stats.splits,
+            bytes_received=stats.bytes_received,
+        ),
     )

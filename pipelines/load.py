@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import html
 import sqlite3
 import tempfile
 from collections.abc import Iterable
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import flyte
+import flyte.report
 import pyarrow as pa
 from flyte.io import DataFrame, File
 
@@ -20,6 +23,7 @@ from pipelines.envs import worker
 from pipelines.errors import QuakecatError
 from pipelines.fdsn.client import FetchStats
 from pipelines.plan import Window
+from pipelines.report import write_report
 from pipelines.sqlite import export_sqlite, import_sqlite
 from schemas.events import EVENTS_SCHEMA, SCHEMA_VERSION
 from schemas.tables import (
@@ -206,15 +210,16 @@ def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
         con.unregister("staged_part")
 
 
-@worker.task
+@worker.task(report=True)
 def load(
     events: list[DataFrame],
     rejects: list[pa.Table],
     run: RunRecord,
     previous: File | None = None,
     fmt: str = "duckdb",
-) -> tuple[File, LoadCounts]:
-    """Add the run to a copy of ``previous`` (or a new database) and hand the copy on."""
+) -> tuple[File, File, LoadCounts]:
+    """Add the run to a copy of ``previous`` (or a new database) and hand the copy on, with
+    its HTML report (also shown as this task's Flyte report)."""
     with tempfile.TemporaryDirectory(prefix="quakecat-load-") as scratch:
         work = Path(scratch) / "quakes.duckdb"
         if previous is not None:
@@ -229,8 +234,19 @@ def load(
         if fmt == "sqlite":
             result = work.with_suffix(".sqlite")
             export_sqlite(work, result)
+        page = Path(scratch) / "report.html"
+        with duckdb.connect(str(work), read_only=True) as con:
+            write_report(con, page)
+        # The page is a whole document with its own scripts: framed, it cannot clash with the
+        # Flyte report page around it.
+        framed = html.escape(page.read_text(encoding="utf-8"))
+        flyte.report.replace(
+            f'<iframe srcdoc="{framed}" style="width:100%;height:2600px;border:0"></iframe>',
+            do_flush=True,
+        )
         # Copied into the run's raw data (local folder or blob store) before scratch goes.
-        output = File.from_local_sync(
+        database = File.from_local_sync(
             result, remote_destination=File.new_remote(f"quakes.{fmt}").path
         )
-    return output, counts
+        report = File.from_local_sync(page, remote_destination=File.new_remote("report.html").path)
+    return database, report, counts

@@ -74,7 +74,10 @@ def test_multi_day_window_loads_exactly_what_the_service_holds(
     # 2024-05-01T06 .. 2024-05-04 is shorter than a month: one partition per UTC day.
     assert run == (3, len(expected), len(expected), 0, 4, service.base_url)
     assert f"{len(expected):,} loaded, 0 rejected" in stdout
-    assert f"output      {out}" in stdout
+    assert f"output      {out}\nreport      {tmp_path / 'report.html'}\n" in stdout
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert f"{len(expected):,}" in page
     assert [r.path for r in service.log] == ["count", "query", "query", "query"]
 
 
@@ -127,7 +130,7 @@ def test_unreachable_service_exits_1_and_leaves_existing_output_untouched(
         "could not connect. Check the service or try again later\n"
     )
     assert out.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["quakes.duckdb"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quakes.duckdb", "report.html"]
 
 
 def test_an_out_file_that_is_not_our_database_exits_2_untouched(quakecat, tmp_path):
