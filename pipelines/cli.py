@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import glob
 import logging
 import os
 import sys
@@ -139,14 +140,36 @@ def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
 
 @contextlib.contextmanager
 def _partial_beside(out: Path) -> Iterator[Path]:
-    """A temp path next to ``out``: renamed over it on success, removed on any failure."""
+    """A temp path next to ``out``: renamed over it on success, removed on any failure.
+
+    The name carries the writer's pid, so what a killed run left behind is recognised (its
+    process is gone) and removed by the next run, never mistaken for a live writer's file.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
+    _remove_orphans(out)
+    partial = out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
     try:
         yield partial
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _remove_orphans(out: Path) -> None:
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        pid = leftover.name.removeprefix(f".{out.name}.").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def publish(database: File, out: Path) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import duckdb
 import pytest
@@ -292,3 +295,46 @@ def test_overlapping_runs_and_a_revised_event_give_one_row_per_event_with_newest
         assert con.execute("SELECT count(*) FROM etl_runs").fetchall() == [(3,)]
     # Loading the same window again changes nothing in `events`.
     assert _events(out) == after_second
+
+
+def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
+    service: FakeFDSN, quakecat, tmp_path
+):
+    out = tmp_path / "out" / "quakes.duckdb"
+    window = ("--start", "2024-05-01", "--end", "2024-05-03", "--base-url", service.base_url)
+    assert quakecat(*window, "--out", str(out))[0] == 0
+    before = out.read_bytes()
+    # What a writer killed mid-copy leaves: a partial file of a process that no longer exists.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True).stdout.strip()  # fmt: skip
+    (out.parent / f".quakes.duckdb.{dead}-0badcafe.partial").write_bytes(b"half a file")
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "etl", *window[:2], "--end", "2024-05-06",
+         *window[4:], "--out", str(out)],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(scratch.glob("quakecat-load-*/quakes.duckdb")):
+        assert child.poll() is None, "the run ended before its load began"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        ".quakes.duckdb." + f"{dead}-0badcafe.partial",
+        "quakes.duckdb",
+        "report.html",
+    ]
+    # The next run is not tripped up by anything the killed one left, and tidies the orphan.
+    code, _, stderr = quakecat(*window[:2], "--end", "2024-05-06", *window[4:], "--out", str(out))
+    assert (code, stderr) == (0, "")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["quakes.duckdb", "report.html"]
+    with duckdb.connect(str(out), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM etl_runs").fetchall() == [(2,)]
