@@ -7,28 +7,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import glob
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import flyte
+import flyte.config
 import flyte.errors
 from flyte.io import File
 
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
-from pipelines.load import FORMATS, IncompatibleDatabase, check_database
+from pipelines.load import FORMATS, Archive, IncompatibleDatabase, check_database
 from pipelines.plan import Window, check_window, default_window, parse_time
 
 DEFAULT_OUT = Path("data/quakes.duckdb")
 DEFAULT_DEMO_OUT = Path("data/demo.duckdb")
+DEFAULT_SETTLE_DAYS = 30.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
@@ -77,6 +82,19 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
         default="duckdb",
         help="database file format (default duckdb; sqlite stores times as ISO-8601 text)",
     )
+    parser.add_argument(
+        "--settle-days",
+        type=_positive(float),
+        default=DEFAULT_SETTLE_DAYS,
+        help="a partition that ended this many days ago is settled: cached, never refetched"
+        f" (default {DEFAULT_SETTLE_DAYS:g}); later revisions still arrive via updatedafter",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="refetch every partition, cached or not"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress line (none when not a TTY)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and logs")
 
 
@@ -121,6 +139,20 @@ def _settings(args: argparse.Namespace, base_url: str) -> ClientSettings:
         max_in_flight=args.max_in_flight,
         max_per_5min=args.max_per_5min,
         max_body_bytes=args.max_body_mb * 2**20,
+    )
+
+
+def _job(args: argparse.Namespace, window: Window, settings: ClientSettings, out: Path) -> Job:
+    return Job(
+        window=window,
+        settings=settings,
+        out=out,
+        min_magnitude=args.min_magnitude,
+        fmt=args.format,
+        cache=not args.no_cache,
+        settle_days=args.settle_days,
+        progress=not args.quiet,
+        verbose=args.verbose,
     )
 
 
@@ -183,43 +215,100 @@ def report_path(out: Path) -> Path:
     return out.with_name("report.html")
 
 
-def run_pipeline(
-    window: Window,
-    settings: ClientSettings,
-    min_magnitude: float | None,
-    out: Path,
-    fmt: str = "duckdb",
-    verbose: bool = False,
-):
-    from pipelines.etl import etl
+@dataclass(frozen=True)
+class Job:
+    window: Window
+    settings: ClientSettings
+    out: Path
+    min_magnitude: float | None = None
+    fmt: str = "duckdb"
+    cache: bool = True
+    settle_days: float = DEFAULT_SETTLE_DAYS
+    progress: bool = False
+    verbose: bool = False
+
+
+def run_pipeline(job: Job):
+    """Run the pipeline locally and publish its database and report beside each other."""
+    from pipelines.etl import Incremental, etl
     from pipelines.extract import FetchRequest
 
-    flyte.init(log_level=logging.INFO if verbose else logging.CRITICAL)
-    request = FetchRequest(client=settings, min_magnitude=min_magnitude)
-    # Raw data lives only as long as the run: nothing is cached yet, so nothing must outlive it.
+    flyte.init(log_level=logging.INFO if job.verbose else logging.CRITICAL)
+    out = job.out
+    archive = check_database(out, job.fmt, job.settings.base_url) if out.exists() else Archive()
+    incremental = Incremental(max_allowed=archive.max_allowed)
+    if job.cache:
+        store = partition_store()
+        incremental = dataclasses.replace(
+            incremental,
+            settle_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=job.settle_days),
+            generation=resume_token(out).read_text(),
+            store=str(store),
+        )
+    # Partition outputs worth keeping go to the store; the rest of a run's data dies with it.
     with tempfile.TemporaryDirectory(prefix="quakecat-run-") as raw:
-        previous = File.from_local_sync(out) if out.exists() else None
-        run = flyte.with_runcontext(mode="local", raw_data_path=raw).run(
+        run = flyte.with_runcontext(
+            mode="local", raw_data_path=raw, disable_run_cache=not job.cache
+        ).run(
             etl,
-            start=window.start,
-            end=window.end,
-            request=request,
-            previous=previous,
-            fmt=fmt,
+            start=job.window.start,
+            end=job.window.end,
+            request=FetchRequest(client=job.settings, min_magnitude=job.min_magnitude),
+            previous=File.from_local_sync(out) if out.exists() else None,
+            fmt=job.fmt,
+            incremental=incremental,
+            progress=job.progress,
         )
         database, report, summary = run.outputs()
         publish(database, out)
         publish(report, report_path(out))
+    if job.cache:
+        # Done: what this run fetched inside the settle horizon must be fetched afresh next time.
+        shutil.rmtree(Path(incremental.store) / incremental.generation, ignore_errors=True)
+        resume_token(out).unlink(missing_ok=True)
     return summary
 
 
+def partition_store() -> Path:
+    """Where settled partitions (and an interrupted run's) live, beside Flyte's local cache.
+
+    Flyte keeps its cache database next to the config file it finds (the repo's .flyte/, else
+    ~/.flyte/); a cache entry only points at its data, so the data must live as long as it.
+    If the store was removed while the cache database stayed, every entry would dangle: the
+    cache is then cleared rather than left to fail.
+    """
+    config = flyte.config.auto().source
+    cache_dir = (config.parent if config else Path("~/.flyte").expanduser()) / "local-cache"
+    store = cache_dir / "quakecat-partitions"
+    if not (store / ".created").exists():
+        for stale in cache_dir.glob("cache.db*"):
+            stale.unlink()
+        store.mkdir(parents=True, exist_ok=True)
+        (store / ".created").touch()
+    return store
+
+
+def resume_token(out: Path) -> Path:
+    """A file beside ``out`` naming the cache generation of the run under way: it survives an
+    interrupted run, so the restart reuses the partitions already fetched, and goes with
+    success, so that the next run fetches the unsettled partitions again."""
+    token = out.with_name(f".{out.name}.resume")
+    if not token.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text(uuid.uuid4().hex)
+    return token
+
+
 def _print_summary(summary, out: Path, seconds: float) -> None:
+    counted = (
+        f"service counted {summary.expected_events:,}; " if summary.expected_events >= 0 else ""
+    )
     print(
         f"window      {summary.window_start:%Y-%m-%d %H:%M:%S} -> "
         f"{summary.window_end:%Y-%m-%d %H:%M:%S} UTC\n"
-        f"partitions  {summary.partitions}\n"
+        f"partitions  {summary.partitions} ({summary.partitions_cached} from cache)\n"
         f"events      {summary.events_loaded:,} loaded, {summary.events_rejected:,} rejected "
-        f"(service counted {summary.expected_events:,}; {summary.events_total:,} in the file)\n"
+        f"({counted}{summary.events_total:,} in the file; {summary.revised_events:,} revised)\n"
         f"requests    {summary.requests:,} ({summary.retries:,} retries, {summary.splits:,} splits,"
         f" {summary.bytes_received / 2**20:,.1f} MiB)\n"
         f"seconds     {seconds:,.1f}\n"
@@ -233,9 +322,7 @@ def cmd_etl(args: argparse.Namespace) -> int:
     settings = _settings(args, args.base_url)
     out = _check_out(args.out, args.format, DEFAULT_OUT)
     began = time.monotonic()
-    summary = run_pipeline(
-        window, settings, args.min_magnitude, out, args.format, verbose=args.verbose
-    )
+    summary = run_pipeline(_job(args, window, settings, out))
     _print_summary(summary, out, time.monotonic() - began)
     return EXIT_OK
 
@@ -249,10 +336,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with FakeFDSN(catalogue) as service:
         print(f"fake FDSN service at {service.base_url} holding {len(catalogue.events):,} events")
         began = time.monotonic()
-        settings = _settings(args, service.base_url)
-        summary = run_pipeline(
-            window, settings, args.min_magnitude, out, args.format, verbose=args.verbose
-        )
+        summary = run_pipeline(_job(args, window, _settings(args, service.base_url), out))
     _print_summary(summary, out, time.monotonic() - began)
     expected = catalogue.count(window.start, window.end, args.min_magnitude)
     if summary.events_loaded != expected:

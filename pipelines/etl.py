@@ -10,12 +10,28 @@ import flyte
 from flyte.io import File
 
 from pipelines.envs import driver
-from pipelines.extract import FetchRequest, extract, plan
+from pipelines.extract import SETTLED, FetchRequest, Source, extract, plan
 from pipelines.fdsn.client import FetchStats
 from pipelines.load import RunRecord, load
 from pipelines.plan import Window
+from pipelines.progress import Progress
 from pipelines.transform import transform
 from pipelines.version import CODE_VERSION
+
+
+@dataclass
+class Incremental:
+    """What a run knows about the archive it adds to (all empty for a new archive)."""
+
+    # Partitions that end at or before this are settled: cached for every later run.
+    settle_before: dt.datetime | None = None
+    # Keys the cache of unsettled partitions: the same until a run of the archive succeeds, so
+    # that only a restart of an interrupted run reuses them.
+    generation: str = "unsettled"
+    # The service's search limit, when the archive has learned it (saves the count request).
+    max_allowed: int | None = None
+    # Where partition outputs that must outlive the run are kept ("" = the run's raw data).
+    store: str = ""
 
 
 @dataclass
@@ -29,6 +45,9 @@ class RunSummary:
     events_loaded: int
     events_rejected: int
     events_total: int
+    partitions_cached: int
+    revised_events: int
+    max_allowed: int
     requests: int
     retries: int
     splits: int
@@ -42,6 +61,8 @@ async def etl(
     request: FetchRequest,
     previous: File | None = None,
     fmt: str = "duckdb",
+    incremental: Incremental | None = None,
+    progress: bool = False,
 ) -> tuple[File, File, RunSummary]:
     """Fetch [start, end) into a new database, or into a copy of ``previous`` (an upsert).
 
@@ -49,25 +70,57 @@ async def etl(
     Returns the database, its HTML report, and the run's summary.
     """
     started_at = dt.datetime.now(dt.UTC)
+    incremental = incremental or Incremental()
     window = Window(start, end)
-    survey = await plan.aio(window, request)
+    survey = await plan.aio(window, request, incremental.max_allowed)
     stats = FetchStats()
     stats.add(survey.stats)
+    source = Source.of(request)
+    settled = incremental.settle_before
+    board = Progress(len(survey.partitions), enabled=progress)
 
     # Each sync task call takes a thread of its own; the client's budget bounds the requests,
     # this bounds the threads (and the partitions held in memory at once).
     gate = asyncio.Semaphore(request.client.max_in_flight)
 
     async def extract_one(partition: Window):
+        generation = SETTLED if settled and partition.end <= settled else incremental.generation
         async with gate:
-            return await extract.aio(partition, request, survey.max_allowed)
+            result = await extract.aio(
+                partition, source, generation, request.client, survey.max_allowed,
+                incremental.store,
+            )  # fmt: skip
+        board.advance(result[2], cached=result[2].fetched_at < started_at)
+        return result
 
     with flyte.group("extract"):
-        extracted = await asyncio.gather(*(extract_one(p) for p in survey.partitions))
+        extracted = list(await asyncio.gather(*(extract_one(p) for p in survey.partitions)))
+        revised = 0
+        reused = [
+            (partition, result[2].fetched_at)
+            for partition, result in zip(survey.partitions, extracted, strict=True)
+            if result[2].fetched_at < started_at
+        ]
+        if reused:
+            # A partition from the cache misses what the service revised since it was fetched:
+            # one `updatedafter` query over the reused span brings that. It loads after the
+            # partitions, and the newest `updated` wins there.
+            span = Window(min(p.start for p, _ in reused), max(p.end for p, _ in reused))
+            since = min(fetched for _, fetched in reused)
+            revisions = await extract.override(cache="disable").aio(
+                span, source, "revisions", request.client, survey.max_allowed, "", since
+            )
+            revised = revisions[2].events
+            extracted.append(revisions)
+    board.finish()
+    cached = 0
+    for _, _, partition_stats in extracted:
+        if partition_stats.fetched_at < started_at:
+            cached += 1
+        else:
+            stats.add(partition_stats)
     with flyte.group("transform"):
         events = await asyncio.gather(*(transform.aio(e) for e, _, _ in extracted))
-    for _, _, partition_stats in extracted:
-        stats.add(partition_stats)
 
     run_id = flyte.ctx().action.run_name
     record = RunRecord(
@@ -77,6 +130,9 @@ async def etl(
         base_url=request.client.base_url,
         min_magnitude=request.min_magnitude,
         partitions=len(survey.partitions),
+        partitions_cached=cached,
+        revised_events=revised,
+        max_allowed=survey.max_allowed,
         stats=stats,
         code_version=CODE_VERSION,
     )
@@ -96,6 +152,9 @@ async def etl(
             events_loaded=counts.loaded,
             events_rejected=counts.rejected,
             events_total=counts.total,
+            partitions_cached=cached,
+            revised_events=revised,
+            max_allowed=survey.max_allowed,
             requests=stats.requests,
             retries=stats.retries,
             splits=stats.splits,

@@ -8,8 +8,11 @@ each half fetched again, until every page holds fewer events than the limit.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from dataclasses import dataclass
 
+import flyte
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,12 +23,29 @@ from pipelines.envs import worker
 from pipelines.errors import BadBody, QuakecatError
 from pipelines.fdsn.client import ClientSettings, FdsnClient, FetchStats, client_for
 from pipelines.plan import Window, partition_grid, service_time
+from schemas.events import SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
 class FetchRequest:
     client: ClientSettings
     min_magnitude: float | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a partition's content depends on: the cache key of an extract, with its window.
+
+    Client settings (timeouts, politeness) change how we fetch, not what: they stay out.
+    """
+
+    base_url: str
+    min_magnitude: float | None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, request: FetchRequest) -> Source:
+        return cls(request.client.base_url, request.min_magnitude)
 
 
 @dataclass
@@ -51,10 +71,14 @@ def _decode_count(body: bytes) -> _CountAnswer:
         raise BadBody(f"not a count answer ({exc})") from None
 
 
-def _params(window: Window, min_magnitude: float | None) -> dict[str, str]:
+def _params(
+    window: Window, min_magnitude: float | None, updated_after: dt.datetime | None = None
+) -> dict[str, str]:
     params = {"starttime": service_time(window.start), "endtime": service_time(window.end)}
     if min_magnitude is not None:
         params["minmagnitude"] = repr(min_magnitude)
+    if updated_after is not None:
+        params["updatedafter"] = service_time(updated_after)
     return params
 
 
@@ -75,12 +99,13 @@ def fetch_partition(
     min_magnitude: float | None,
     max_allowed: int,
     stats: FetchStats,
+    updated_after: dt.datetime | None = None,
 ) -> Cleaned:
     pending, pages = [partition], []
     while pending:
         window = pending.pop()
         params = {
-            **_params(window, min_magnitude),
+            **_params(window, min_magnitude, updated_after),
             "orderby": "time-asc",
             "limit": str(max_allowed),
         }
@@ -109,18 +134,49 @@ def fetch_partition(
 
 
 @worker.task
-def plan(window: Window, request: FetchRequest) -> Plan:
+def plan(window: Window, request: FetchRequest, known_max_allowed: int | None = None) -> Plan:
+    """The partition grid, and the search limit: counted, unless the archive already knows it."""
+    if known_max_allowed is not None:
+        return Plan(partition_grid(window), known_max_allowed, -1, FetchStats())
     return plan_window(client_for(request.client), window, request.min_magnitude)
 
 
-@worker.task
+@worker.task(cache=flyte.Cache("auto", ignored_inputs=("client", "max_allowed", "store")))
 def extract(
-    partition: Window, request: FetchRequest, max_allowed: int
-) -> tuple[DataFrame, pa.Table, FetchStats]:
-    """Events go on as a reference (Parquet in the run's raw data), so the driver never holds
-    a partition's rows; rejects are few and travel inline."""
+    partition: Window,
+    source: Source,
+    generation: str,
+    client: ClientSettings,
+    max_allowed: int,
+    store: str = "",
+    updated_after: dt.datetime | None = None,
+) -> tuple[DataFrame, DataFrame, FetchStats]:
+    """One partition, cached by Flyte on (window, source, generation, updated_after).
+
+    ``generation`` is "settled" for a window that can no longer change, so its entry is reused
+    by every later run; otherwise it names the archive's last successful run, so a run that is
+    interrupted and started again reuses what it had already fetched, and nothing more. Events
+    go on as a reference (Parquet under ``store`` when set, else the run's raw data), so the
+    driver never holds a partition's rows. A cache entry only points at its outputs, so both
+    tables live in the store, which outlives the run.
+    """
     stats = FetchStats()
     cleaned = fetch_partition(
-        client_for(request.client), partition, request.min_magnitude, max_allowed, stats
+        client_for(client), partition, source.min_magnitude, max_allowed, stats, updated_after
     )
-    return DataFrame.from_df(cleaned.events), cleaned.rejects, stats
+    stats.events = cleaned.received
+    place = stored_at(store, generation, partition, source)
+    events = DataFrame.from_df(cleaned.events, uri=place and f"{place}/events")
+    rejects = DataFrame.from_df(cleaned.rejects, uri=place and f"{place}/rejects")
+    return events, rejects, stats
+
+
+SETTLED = "settled"
+
+
+def stored_at(store: str, generation: str, partition: Window, source: Source) -> str | None:
+    """A stable place for a partition's events that outlives the run (and so its cache entry)."""
+    if not store:
+        return None
+    digest = hashlib.sha256(repr((partition.key, source)).encode()).hexdigest()[:24]
+    return f"{store}/{generation}/{digest}"

@@ -49,6 +49,9 @@ class RunRecord:
     partitions: int
     stats: FetchStats
     code_version: str
+    partitions_cached: int = 0
+    revised_events: int = 0
+    max_allowed: int = 20_000
 
 
 @dataclass
@@ -66,16 +69,30 @@ class IncompatibleDatabase(QuakecatError):
 FORMATS = ("duckdb", "sqlite")
 
 
-def check_database(path: Path, fmt: str = "duckdb") -> None:
-    """Raise unless ``path`` is a database of ``fmt`` that this version of quakecat can add to."""
-    query = f"SELECT max(schema_version) FROM {ETL_RUNS.name}"
+@dataclass(frozen=True)
+class Archive:
+    """What an existing database tells the next run about itself."""
+
+    max_allowed: int | None = None
+
+
+def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None) -> Archive:
+    """Raise unless ``path`` is a database of ``fmt`` that this version of quakecat can add to;
+    return what it knows (the search limit of ``base_url``, learned by an earlier run)."""
+    versions = f"SELECT max(schema_version) FROM {ETL_RUNS.name}"
+    last = (
+        f"SELECT max_allowed FROM {ETL_RUNS.name} WHERE base_url = ?"
+        " ORDER BY finished_at DESC LIMIT 1"
+    )
     try:
         if fmt == "sqlite":
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
-                found = con.execute(query).fetchall()
+                found = con.execute(versions).fetchall()
+                runs = con.execute(last, [base_url]).fetchall()
         else:
             with duckdb.connect(str(path), read_only=True) as con:
-                found = con.execute(query).fetchall()
+                found = con.execute(versions).fetchall()
+                runs = con.execute(last, [base_url]).fetchall()
     except (duckdb.Error, sqlite3.Error) as exc:
         reason = str(exc).splitlines()[0]
         raise IncompatibleDatabase(
@@ -87,6 +104,7 @@ def check_database(path: Path, fmt: str = "duckdb") -> None:
             f"{path} holds schema version {found[0][0]}, this quakecat writes {SCHEMA_VERSION};"
             " choose another --out or remove it to rebuild"
         )
+    return Archive(*runs[0]) if runs else Archive()
 
 
 # Newest revision wins, across partitions, runs, and changes of preferred id: an incoming event
@@ -184,6 +202,9 @@ def write_duckdb(
                     "base_url": run.base_url,
                     "min_magnitude": run.min_magnitude,
                     "partitions": run.partitions,
+                    "partitions_cached": run.partitions_cached,
+                    "revised_events": run.revised_events,
+                    "max_allowed": run.max_allowed,
                     "requests": stats.requests,
                     "retries": stats.retries,
                     "splits": stats.splits,
@@ -213,7 +234,7 @@ def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
 @worker.task(report=True)
 def load(
     events: list[DataFrame],
-    rejects: list[pa.Table],
+    rejects: list[DataFrame],
     run: RunRecord,
     previous: File | None = None,
     fmt: str = "duckdb",
@@ -229,7 +250,8 @@ def load(
             else:
                 previous.download_sync(str(work))
         partitions = (frame.open(pa.Table).all_sync() for frame in events)
-        counts = write_duckdb(work, partitions, rejects, run)
+        refused = (frame.open(pa.Table).all_sync() for frame in rejects)
+        counts = write_duckdb(work, partitions, refused, run)
         result = work
         if fmt == "sqlite":
             result = work.with_suffix(".sqlite")

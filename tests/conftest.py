@@ -33,14 +33,18 @@ def service(may_catalogue: Catalogue) -> Iterator[FakeFDSN]:
 
 @pytest.fixture
 def quakecat(capsys: pytest.CaptureFixture[str]):
-    """Run the real CLI in-process; returns (exit code, stdout, stderr)."""
+    """Run the real CLI in-process; returns (exit code, stdout, stderr).
+
+    Without Flyte's cache: in one process its database is fixed at the first run, and a fake
+    service on a reused port must never be served another test's partitions (caching is
+    tested in subprocesses of its own, in tests/test_incremental.py).
+    """
 
     def run(*argv: str) -> tuple[int, str, str]:
-        code = (
-            main(["etl", *argv, "--max-attempts", "3"])
-            if argv[:1] != ("demo",)
-            else main(list(argv))
-        )
+        if argv[:1] == ("demo",):
+            code = main([*argv, "--no-cache"])
+        else:
+            code = main(["etl", *argv, "--max-attempts", "3", "--no-cache"])
         out, err = capsys.readouterr()
         return code, out, err
 

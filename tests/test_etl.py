@@ -313,7 +313,7 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
     scratch.mkdir()
     child = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "etl", *window[:2], "--end", "2024-05-06",
-         *window[4:], "--out", str(out)],
+         *window[4:], "--out", str(out), "--no-cache"],
         env={**os.environ, "TMPDIR": str(scratch)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

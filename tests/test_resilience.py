@@ -119,7 +119,7 @@ def test_the_politeness_budget_bounds_concurrency_across_50_partitions(quakecat,
         )  # fmt: skip
         peak = service.max_in_flight
     assert (code, stderr) == (0, "")
-    assert "partitions  50\n" in stdout
+    assert "partitions  50 (0 from cache)\n" in stdout
     assert peak == 3
     expected = catalogue.count(utc(2020, 1, 1), utc(2024, 3, 1))
     assert _loaded(out) == (expected, expected)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
 import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -48,12 +49,16 @@ class ClientSettings:
 
 @dataclass
 class FetchStats:
+    # When the fetch happened: a cached extract hands back the stats of the run that fetched it.
+    fetched_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     requests: int = 0
     retries: int = 0
     splits: int = 0
     bytes_received: int = 0
+    events: int = 0
 
     def add(self, other: FetchStats) -> None:
+        self.events += other.events
         self.requests += other.requests
         self.retries += other.retries
         self.splits += other.splits

@@ -1,0 +1,44 @@
+"""A one-line progress display for long local runs: partitions, events, requests, retries."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from pipelines.fdsn.client import FetchStats
+
+
+class Progress:
+    """Redraws one line on a terminal; silent when disabled or when the stream is not a TTY."""
+
+    def __init__(self, total: int, *, enabled: bool, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and self.stream.isatty()
+        self.total, self.done, self.cached = total, 0, 0
+        self.stats = FetchStats()
+        self.began = time.monotonic()
+
+    def advance(self, stats: FetchStats, *, cached: bool) -> None:
+        self.done += 1
+        if cached:
+            self.cached += 1
+        else:
+            self.stats.add(stats)
+        self._draw()
+
+    def finish(self) -> None:
+        if self.enabled and self.done:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        s = self.stats
+        self.stream.write(
+            f"\rpartitions {self.done}/{self.total} ({self.cached} cached)  events {s.events:,}  "
+            f"requests {s.requests:,}  retries {s.retries:,}  "
+            f"{s.bytes_received / 2**20:,.1f} MiB  {time.monotonic() - self.began:,.0f} s "
+        )
+        self.stream.flush()
