@@ -18,6 +18,18 @@ etl *ARGS: setup
 demo *ARGS: setup
     uv run --locked quakecat demo {{ARGS}}
 
+# Deploy the pipeline and its daily trigger to the cluster in .flyte/config.yaml
+deploy *ARGS: setup
+    uv run --locked flyte deploy {{ARGS}} pipelines/etl.py driver
+
+# Run the ETL on the cluster and follow it (e.g. just etl-remote 2024-05-01 2024-05-08)
+etl-remote START END *ARGS: setup
+    uv run --locked flyte run --follow {{ARGS}} pipelines/etl.py etl --start {{START}} --end {{END}}
+
+# Download a cluster run's database to data/ (default: the latest successful etl run)
+download *ARGS: setup
+    uv run --locked quakecat download {{ARGS}}
+
 # Run the test suite (e.g. just test -k clean, or just test -m "not slow")
 test *ARGS: setup
     uv run --locked pytest {{ARGS}}

@@ -6,10 +6,8 @@ Exit codes: 0 success, 2 bad arguments, 1 runtime failure; errors are one line o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
-import glob
 import logging
 import os
 import shutil
@@ -17,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +26,10 @@ from flyte.io import File
 
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
+from pipelines.files import publish
 from pipelines.load import FORMATS, Archive, IncompatibleDatabase, check_database
 from pipelines.plan import Window, check_window, default_window, parse_time
+from pipelines.remote import fetch_file
 
 DEFAULT_OUT = Path("data/quakes.duckdb")
 DEFAULT_DEMO_OUT = Path("data/demo.duckdb")
@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fetch_options(demo)
     demo.add_argument("--out", type=Path, help=f"default {DEFAULT_DEMO_OUT}")
     demo.set_defaults(start="2024-05-01", end="2024-05-15")
+
+    download = commands.add_parser(
+        "download", help="download the database of a run on the cluster (default: the latest)"
+    )
+    download.add_argument("run", nargs="?", help="run name (default: latest successful etl run)")
+    download.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    download.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -170,46 +177,6 @@ def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def _partial_beside(out: Path) -> Iterator[Path]:
-    """A temp path next to ``out``: renamed over it on success, removed on any failure.
-
-    The name carries the writer's pid, so what a killed run left behind is recognised (its
-    process is gone) and removed by the next run, never mistaken for a live writer's file.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(out)
-    partial = out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
-    try:
-        yield partial
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _remove_orphans(out: Path) -> None:
-    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
-        pid = leftover.name.removeprefix(f".{out.name}.").split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            leftover.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def publish(database: File, out: Path) -> None:
-    """Copy the run's database to ``out`` atomically: readers see the old file or the new one."""
-    with _partial_beside(out) as partial:
-        database.download_sync(str(partial))
-
-
 def report_path(out: Path) -> Path:
     """The HTML report lives beside the database: data/quakes.duckdb -> data/report.html."""
     return out.with_name("report.html")
@@ -260,7 +227,8 @@ def run_pipeline(job: Job):
             progress=job.progress,
         )
         database, report, summary = run.outputs()
-        publish(database, out)
+        # The database is checked whole before it replaces `out`.
+        fetch_file(database, out)
         publish(report, report_path(out))
     if job.cache:
         # Done: what this run fetched inside the settle horizon must be fetched afresh next time.
@@ -345,6 +313,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from pipelines.remote import download_database, table_counts
+
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a directory; give a file path such as {DEFAULT_OUT}")
+    path = download_database(args.run, args.out)
+    print(f"downloaded  {path}")
+    for table, rows in table_counts(path).items():
+        print(f"  {table:<20} {rows:>12,} rows")
+    return EXIT_OK
+
+
 def _user_message(exc: BaseException) -> str:
     if isinstance(exc, flyte.errors.BaseRuntimeError):
         return str(exc).splitlines()[0] if str(exc) else exc.code
@@ -355,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
     try:
         args = build_parser().parse_args(argv)
-        return {"etl": cmd_etl, "demo": cmd_demo}[args.command](args)
+        commands = {"etl": cmd_etl, "demo": cmd_demo, "download": cmd_download}
+        return commands[args.command](args)
     except UsageError as exc:
         print(f"quakecat: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,10 +13,15 @@ image = flyte.Image.from_debian_base(python_version=(3, 11), name="quakecat").wi
 )
 
 # Extract, transform and load: one partition per call, network-bound or columnar CPU work.
+# Reusable replicas keep their process (and its HTTP client) between partitions. A replica runs
+# one sync task at a time and a partition's requests go one after another, so at most 4
+# replicas means at most 4 requests in flight cluster-wide: the default politeness budget.
+# (The per-5-minutes rate is kept per replica.)
 worker = flyte.TaskEnvironment(
     name="quakecat-worker",
     image=image,
     resources=flyte.Resources(cpu=1, memory="2Gi"),
+    reusable=flyte.ReusePolicy(replicas=(1, 4), concurrency=1, idle_ttl=120, scaledown_ttl=60),
 )
 
 # The top-level task only plans and waits on workers.

@@ -11,12 +11,17 @@ from flyte.io import File
 
 from pipelines.envs import driver
 from pipelines.extract import SETTLED, FetchRequest, Source, extract, plan
-from pipelines.fdsn.client import FetchStats
+from pipelines.fdsn.client import ClientSettings, FetchStats
 from pipelines.load import RunRecord, load
-from pipelines.plan import Window
+from pipelines.plan import Window, check_window
 from pipelines.progress import Progress
+from pipelines.schedule import daily_trigger, kickoff_window_end
 from pipelines.transform import transform
 from pipelines.version import CODE_VERSION
+
+# A scheduled run fetches this many days before its kickoff: a week of overlap with the runs
+# before it, so that a missed or failed day is filled in by the next one.
+SCHEDULED_DAYS = 7
 
 
 @dataclass
@@ -54,24 +59,30 @@ class RunSummary:
     bytes_received: int
 
 
-@driver.task
+@driver.task(triggers=[daily_trigger()])
 async def etl(
-    start: dt.datetime,
-    end: dt.datetime,
-    request: FetchRequest,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    request: FetchRequest | None = None,
     previous: File | None = None,
     fmt: str = "duckdb",
     incremental: Incremental | None = None,
     progress: bool = False,
+    run_ts: dt.datetime | None = None,
+    days: int = SCHEDULED_DAYS,
 ) -> tuple[File, File, RunSummary]:
     """Fetch [start, end) into a new database, or into a copy of ``previous`` (an upsert).
 
-    ``fmt`` is the file's format, duckdb or sqlite (``previous`` is in the same format).
-    Returns the database, its HTML report, and the run's summary.
+    On the schedule only ``run_ts`` is given (the trigger's kickoff time): the window is the
+    ``days`` days before it, from the USGS service. ``fmt`` is the file's format, duckdb or
+    sqlite (``previous`` is in the same format). Returns the database, its HTML report, and
+    the run's summary.
     """
     started_at = dt.datetime.now(dt.UTC)
     incremental = incremental or Incremental()
-    window = Window(start, end)
+    request = request or FetchRequest(client=ClientSettings())
+    end = end or kickoff_window_end(run_ts or started_at)
+    window = check_window(start or end - dt.timedelta(days=days), end)
     survey = await plan.aio(window, request, incremental.max_allowed)
     stats = FetchStats()
     stats.add(survey.stats)
