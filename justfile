@@ -30,6 +30,10 @@ etl-remote START END *ARGS: setup
 download *ARGS: setup
     uv run --locked quakecat download {{ARGS}}
 
+# Measure speed, request economy and memory against the fake service (just bench --quick)
+bench *ARGS: setup
+    uv run --locked quakecat bench {{ARGS}}
+
 # Run the test suite (e.g. just test -k clean, or just test -m "not slow")
 test *ARGS: setup
     uv run --locked pytest {{ARGS}}

@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help=f"default {DEFAULT_DEMO_OUT}")
     demo.set_defaults(start="2024-05-01", end="2024-05-15")
 
+    commands.add_parser(
+        "bench",
+        help="measure speed, request economy and memory (see 'quakecat bench --help')",
+        add_help=False,
+    )
+
     download = commands.add_parser(
         "download", help="download the database of a run on the cluster (default: the latest)"
     )
@@ -332,7 +338,12 @@ def _user_message(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    verbose = "-v" in (argv or sys.argv) or "--verbose" in (argv or sys.argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from pipelines import bench
+
+        return bench.main(argv[1:])
+    verbose = "-v" in argv or "--verbose" in argv
     try:
         args = build_parser().parse_args(argv)
         commands = {"etl": cmd_etl, "demo": cmd_demo, "download": cmd_download}

@@ -4,6 +4,11 @@ from pathlib import Path
 
 import flyte
 
+from pipelines.memory import bound_allocator_growth
+
+# Every task module imports this one, so this runs in every process that runs a task.
+bound_allocator_growth()
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Built from the uv project and its lock, so the cluster runs exactly what `uv sync --locked` runs.

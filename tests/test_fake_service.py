@@ -225,3 +225,24 @@ def test_slow_and_concurrency_are_observable(cat: Catalogue) -> None:
         assert statuses == [200] * 4
         assert fake.max_in_flight == 4 and sorted(r.in_flight for r in fake.log)[-1] == 4
         assert sorted(r.n for r in fake.log) == [1, 2, 3, 4]
+
+
+def test_transfer_rate_cap_paces_the_body_without_changing_it(cat: Catalogue) -> None:
+    q = {"starttime": "2024-05-02", "endtime": "2024-05-04", "limit": "600"}
+    with FakeFDSN(cat) as fake:
+        free = get(fake, **q).content
+    rate = 2_000_000.0  # bytes per second: a ~0.6 MB answer takes ~0.3 s
+    assert len(free) > 400_000
+    with FakeFDSN(cat, rate_bytes_per_s=rate) as fake:
+        t0 = time.perf_counter()
+        capped = get(fake, **q)
+        seconds = time.perf_counter() - t0
+        assert capped.status_code == 200 and len(capped.content) == len(free)
+        # Only metadata.generated (the time of the answer) may differ.
+        after_metadata = free.index(b',"features":')
+        assert capped.content[after_metadata:] == free[after_metadata:]
+        assert int(capped.headers["Content-Length"]) == len(free)
+        assert fake.log[-1].bytes_sent == len(free)
+    assert len(free) / rate <= seconds < len(free) / rate + 2.0
+    with pytest.raises(ValueError, match="rate_bytes_per_s"):
+        FakeFDSN(cat, rate_bytes_per_s=0)

@@ -3,7 +3,8 @@
 A real HTTP server on 127.0.0.1 serving a deterministic generated catalogue with the
 USGS geojson wire format, the 20,000-event limit, and a schedule of injected faults
 (503, 429, truncated, zero-byte, slow and latin-1 bodies), so that the pipeline's
-retry and validation paths can be exercised without the internet.
+retry and validation paths can be exercised without the internet. A per-request latency
+and a per-answer transfer rate cap make it behave like a distant service for benchmarks.
 """
 
 from __future__ import annotations
@@ -352,11 +353,17 @@ class FakeFDSN:
         *,
         max_allowed: int = 20000,
         latency_s: float = 0.0,
+        rate_bytes_per_s: float | None = None,
         faults: Faults | None = None,
     ) -> None:
+        if rate_bytes_per_s is not None and rate_bytes_per_s <= 0:
+            raise ValueError(f"rate_bytes_per_s must be > 0 or None, got {rate_bytes_per_s}")
         self.catalogue = catalogue
         self.max_allowed = max_allowed
         self.latency_s = latency_s
+        # Each answer's body goes out at no more than this many bytes per second (per
+        # connection, like a server that streams as it renders); None sends it at once.
+        self.rate_bytes_per_s = rate_bytes_per_s
         self.faults = faults or Faults()
         self.base_url = ""
         self.log: list[LoggedRequest] = []
@@ -443,13 +450,31 @@ class FakeFDSN:
                 h.send_header("Connection", "close")
                 h.close_connection = True
             h.end_headers()
-            h.wfile.write(body[:sent])
-            h.wfile.flush()
+            self._send_body(h, memoryview(body)[:sent])
         except ConnectionError:
             h.close_connection = True
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+    def _send_body(self, h: _Handler, body: memoryview) -> None:
+        rate = self.rate_bytes_per_s
+        if rate is None:
+            h.wfile.write(body)
+            h.wfile.flush()
+            return
+        # Paced against a deadline, not by a sleep per chunk, so write time does not add up: the
+        # bytes up to k leave no earlier than k / rate seconds after the headers, and the last
+        # byte no earlier than len(body) / rate.
+        chunk = max(4096, int(rate / 100))  # ~10 ms of transfer per write
+        began = time.monotonic()
+        for at in range(0, len(body), chunk):
+            part = body[at : at + chunk]
+            wait = began + (at + len(part)) / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            h.wfile.write(part)
+        h.wfile.flush()
 
     def _answer(
         self, path: str, params: dict[str, str], raw_url: str, fault: str | None, faults: Faults
