@@ -94,44 +94,47 @@ async def etl(
     # this bounds the threads (and the partitions held in memory at once).
     gate = asyncio.Semaphore(request.client.max_in_flight)
 
-    async def extract_one(partition: Window):
-        generation = SETTLED if settled and partition.end <= settled else incremental.generation
+    async def process(partition: Window, generation: str, since: dt.datetime | None = None):
+        # Extract and transform back to back under one gate: at most `max_in_flight` partitions
+        # are in memory at once, and transforms overlap other partitions' fetches.
+        fetch = extract.override(cache="disable") if since else extract
+        store = "" if since else incremental.store
         async with gate:
-            result = await extract.aio(
-                partition, source, generation, request.client, survey.max_allowed,
-                incremental.store,
-            )  # fmt: skip
+            with flyte.group("extract"):
+                frame, rejects, fetched = await fetch.aio(
+                    partition, source, generation, request.client, survey.max_allowed, store,
+                    since,
+                )  # fmt: skip
+            with flyte.group("transform"):
+                derived = await transform.aio(frame)
+        return derived, rejects, fetched
+
+    async def partition_done(partition: Window):
+        generation = SETTLED if settled and partition.end <= settled else incremental.generation
+        result = await process(partition, generation)
         board.advance(result[2], cached=result[2].fetched_at < started_at)
         return result
 
-    with flyte.group("extract"):
-        extracted = list(await asyncio.gather(*(extract_one(p) for p in survey.partitions)))
-        revised = 0
-        reused = [
-            (partition, result[2].fetched_at)
-            for partition, result in zip(survey.partitions, extracted, strict=True)
-            if result[2].fetched_at < started_at
-        ]
-        if reused:
-            # A partition from the cache misses what the service revised since it was fetched:
-            # one `updatedafter` query over the reused span brings that. It loads after the
-            # partitions, and the newest `updated` wins there.
-            span = Window(min(p.start for p, _ in reused), max(p.end for p, _ in reused))
-            since = min(fetched for _, fetched in reused)
-            revisions = await extract.override(cache="disable").aio(
-                span, source, "revisions", request.client, survey.max_allowed, "", since
-            )
-            revised = revisions[2].events
-            extracted.append(revisions)
+    processed = list(await asyncio.gather(*(partition_done(p) for p in survey.partitions)))
     board.finish()
-    cached = 0
-    for _, _, partition_stats in extracted:
-        if partition_stats.fetched_at < started_at:
-            cached += 1
-        else:
+    reused = [
+        (partition, result[2].fetched_at)
+        for partition, result in zip(survey.partitions, processed, strict=True)
+        if result[2].fetched_at < started_at
+    ]
+    revised = 0
+    if reused:
+        # A partition from the cache misses what the service revised since it was fetched: one
+        # `updatedafter` query over the reused span brings that. It loads after the partitions,
+        # and the newest `updated` wins there.
+        span = Window(min(p.start for p, _ in reused), max(p.end for p, _ in reused))
+        revisions = await process(span, "revisions", min(fetched for _, fetched in reused))
+        revised = revisions[2].events
+        processed.append(revisions)
+    for _, _, partition_stats in processed:
+        if partition_stats.fetched_at >= started_at:
             stats.add(partition_stats)
-    with flyte.group("transform"):
-        events = await asyncio.gather(*(transform.aio(e) for e, _, _ in extracted))
+    cached = len(reused)
 
     run_id = flyte.ctx().action.run_name
     record = RunRecord(
@@ -148,7 +151,7 @@ async def etl(
         code_version=CODE_VERSION,
     )
     database, report, counts = await load.aio(
-        list(events), [r for _, r, _ in extracted], record, previous, fmt
+        [e for e, _, _ in processed], [r for _, r, _ in processed], record, previous, fmt
     )
     return (
         database,

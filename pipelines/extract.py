@@ -1,9 +1,10 @@
 """Extract: one partition (time window) from the FDSN service into typed Arrow tables.
 
-A partition is fetched with ``limit`` set to the service's search limit, so an over-full window
-can never trigger the "exceeds search limit" 400. A page that comes back as large as the limit
-may have been truncated silently, so it is never taken as complete: the window is halved and
-each half fetched again, until every page holds fewer events than the limit.
+A partition is fetched in time order with ``limit`` set to the service's search limit, so an
+over-full window can never trigger the "exceeds search limit" 400. A page that comes back as
+large as the limit may have been truncated silently, so it is never taken as complete: the
+window is split at the page's last event and the rest fetched again, until a page holds fewer
+events than the limit.
 """
 
 from __future__ import annotations
@@ -101,26 +102,32 @@ def fetch_partition(
     stats: FetchStats,
     updated_after: dt.datetime | None = None,
 ) -> Cleaned:
-    pending, pages = [partition], []
-    while pending:
-        window = pending.pop()
+    cursor, pages = partition.start, []
+    while True:
         params = {
-            **_params(window, min_magnitude, updated_after),
+            **_params(Window(cursor, partition.end), min_magnitude, updated_after),
             "orderby": "time-asc",
             "limit": str(max_allowed),
         }
         page = client.get(
             "query", params, lambda body, key=partition.key: clean_body(body, key), stats
         )
-        if page.received >= max_allowed:
-            stats.splits += 1
-            try:
-                first, second = window.halves()
-            except ValueError as exc:
-                raise QuakecatError(f"{exc}: more than {max_allowed} events in it") from None
-            pending += [second, first]
-            continue
-        pages.append(page)
+        if page.received < max_allowed:
+            pages.append(page)
+            break
+        # A page as large as the limit may have been cut short silently. In time order it holds
+        # every event before its last event's millisecond: keep those and carry on from that
+        # millisecond, so nothing fetched is thrown away and nothing is lost.
+        stats.splits += 1
+        times = page.events["time"]
+        last = pc.max(times)
+        if not last.is_valid or last.as_py() <= cursor:
+            raise QuakecatError(
+                f"{partition.key}: more than {max_allowed} events from {service_time(cursor)}"
+                " on could not be told apart by time; lower the window or ask the operators"
+            )
+        pages.append(Cleaned(page.events.filter(pc.less(times, last)), page.rejects))
+        cursor = last.as_py()
     events = pa.concat_tables([p.events for p in pages])
     # The service's endtime is inclusive; the window's end is not. An event on the boundary
     # belongs to the next partition, which fetches it too.

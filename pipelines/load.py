@@ -110,11 +110,13 @@ def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None)
 # Newest revision wins, across partitions, runs, and changes of preferred id: an incoming event
 # replaces every stored event that shares any of its ids, unless a stored one is newer. USGS
 # sometimes revises text (place, title) without touching `updated`: on such a tie the later
-# arrival wins, in the run (`arrival`) as across runs.
+# arrival wins, in the run (`arrival`) as across runs. Rows already stored as they are (a
+# re-run over the same window) are left alone: deleting from a keyed table is the dear part.
 _UPSERT = f"""
 CREATE TEMP TABLE batch AS
     SELECT * EXCLUDE (arrival) FROM incoming
     QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated DESC, arrival DESC) = 1;
+DELETE FROM batch WHERE id IN (SELECT id FROM (SELECT * FROM batch INTERSECT SELECT * FROM events));
 CREATE TEMP TABLE batch_aliases AS
     SELECT DISTINCT id, unnest(list_distinct(list_append(coalesce(ids, []), id))) AS alias
     FROM batch;
@@ -166,12 +168,14 @@ def write_duckdb(
         con.execute(duckdb_ddl(_INCOMING, temporary=True))
         con.execute(duckdb_ddl(_REFUSED, temporary=True))
         arrival = 0
+        con.execute("BEGIN")  # one commit for all partitions, not one each
         for part in events:
             order = pa.array(range(arrival, arrival + part.num_rows), pa.int64())
             _append(con, _INCOMING.name, part.append_column("arrival", order))
             arrival += part.num_rows
         for part in rejects:
             _append(con, _REFUSED.name, part)
+        con.execute("COMMIT")
         # Statement by statement, not one transaction: DuckDB checks a primary key eagerly, so a
         # delete and re-insert of one key must not share a transaction. The file is a scratch
         # copy until the run succeeds, which is what makes the whole load atomic.

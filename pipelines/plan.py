@@ -26,13 +26,6 @@ class Window:
     def key(self) -> str:
         return f"{_iso(self.start)}/{_iso(self.end)}"
 
-    def halves(self) -> tuple[Window, Window]:
-        middle = self.start + (self.end - self.start) / 2
-        middle = middle.replace(microsecond=middle.microsecond // 1000 * 1000)
-        if not self.start < middle < self.end:
-            raise ValueError(f"window {self.key} is too short to split")
-        return Window(self.start, middle), Window(middle, self.end)
-
 
 def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

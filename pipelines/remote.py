@@ -33,9 +33,9 @@ NO_CLUSTER = (
 )
 # Endpoints that stand for "fill me in" (RFC 2606 names), as in the committed template.
 _PLACEHOLDER_SUFFIXES = (".invalid", ".example", "example.com", "example.org", "example.net")
+_DUCKDB_HEADERS = 3 * 4096  # the file header and two database headers, before the blocks
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _DUCKDB_MAGIC = b"DUCK"  # at offset 8, after the block checksum
-_DUCKDB_HEADERS = 3 * 4096  # the file header and two database headers, before the blocks
 
 
 def download_database(
@@ -236,11 +236,13 @@ def _duckdb_counts(path: Path) -> dict[str, int]:
 
     try:
         with duckdb.connect(str(path), read_only=True) as db:
-            block_size, blocks = db.execute(
-                "SELECT block_size, total_blocks FROM pragma_database_size() "
+            # At least every block in use must be there. (Not every block counted: DuckDB cuts
+            # free blocks off the end of its file but keeps counting them.)
+            ((block_size, used),) = db.execute(
+                "SELECT block_size, used_blocks FROM pragma_database_size() "
                 "WHERE database_name = current_database()"
-            ).fetchone()
-            _check_length(path, _DUCKDB_HEADERS + block_size * blocks)
+            ).fetchall()
+            _check_length(path, _DUCKDB_HEADERS + block_size * used)
             tables = db.execute(
                 "SELECT schema_name, table_name FROM duckdb_tables() "
                 "WHERE database_name = current_database() AND NOT internal AND NOT temporary "
@@ -248,9 +250,9 @@ def _duckdb_counts(path: Path) -> dict[str, int]:
             ).fetchall()
             counts = {}
             for schema, table in tables:
-                (count,) = db.execute(
+                ((count,),) = db.execute(
                     f"SELECT count(*) FROM {_quote(schema)}.{_quote(table)}"
-                ).fetchone()
+                ).fetchall()
                 counts[table if schema == "main" else f"{schema}.{table}"] = count
             return counts
     except duckdb.Error as exc:

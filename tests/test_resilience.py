@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import duckdb
 import pytest
 
+from pipelines.extract import fetch_partition
+from pipelines.fdsn.client import ClientSettings, FdsnClient, FetchStats
 from pipelines.fdsn.fake import Catalogue, FakeFDSN, Faults, generate_catalogue
+from pipelines.plan import Window
 from tests.conftest import utc
 
 pytestmark = pytest.mark.slow
@@ -144,6 +150,29 @@ def test_a_year_with_a_month_over_the_limit_takes_at_most_20_requests(quakecat, 
     assert (code, stderr) == (0, "")
     assert _loaded(out) == (total, total)
     assert {r.status for r in log} == {200}
-    # 1 count + 12 months + 2 halves of July.
-    assert len(log) == 15
-    assert _run_stats(out) == (15, 0, 1)
+    # 1 count + 12 months + the rest of July after its first, full, page.
+    assert len(log) == 14
+    assert _run_stats(out) == (14, 0, 1)
+
+
+def test_events_sharing_the_millisecond_a_full_page_ends_on_are_not_lost():
+    base = generate_catalogue(utc(2024, 5, 1), utc(2024, 5, 2), per_day=300, seed=9)
+    # Ten events on the very millisecond where the first page (limit 100) will end.
+    pinned = base.events[95:105]
+    moment = pinned[0].time_ms
+
+    def pin(event):
+        feature = json.loads(event.raw)
+        feature["properties"]["time"] = moment
+        return dataclasses.replace(event, time_ms=moment, raw=json.dumps(feature).encode())
+
+    events = [*base.events[:95], *map(pin, pinned), *base.events[105:]]
+    catalogue = Catalogue(tuple(sorted(events, key=lambda e: e.time_ms)))
+    with FakeFDSN(catalogue, max_allowed=100) as service:
+        client = FdsnClient(ClientSettings(base_url=service.base_url))
+        stats = FetchStats()
+        got = fetch_partition(client, Window(utc(2024, 5, 1), utc(2024, 5, 2)), None, 100, stats)
+    ids = got.events["id"].to_pylist()
+    assert sorted(ids) == sorted(e.id for e in catalogue.events)
+    assert len(ids) == len(set(ids)) == len(catalogue.events)
+    assert stats.splits == stats.requests - 1 >= 2
