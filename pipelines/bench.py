@@ -129,8 +129,11 @@ def run_etl(
     concurrency: int,
     home: Path,
 ) -> ChildRun:
-    """``quakecat etl`` as a child process run in ``home``; its own peak RSS comes from
-    ``wait4``."""
+    """``quakecat etl`` as a child process run in ``home``, with its own peak RSS.
+
+    The peak is the child's ``VmHWM``, polled until it exits: ``ru_maxrss`` would not do, since
+    Linux carries the forking parent's high-water mark (this process holds the catalogue) over
+    ``exec`` into the child's figure."""
     command = [
         sys.executable, "-m", "pipelines.cli", "etl",
         "--start", start.isoformat(), "--end", end.isoformat(),
@@ -142,9 +145,14 @@ def run_etl(
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         began = time.perf_counter()
         child = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=home, env=_child_env())
-        # wait4 reports this child's own resource use (getrusage(RUSAGE_CHILDREN) would report
-        # the largest of every child so far).
-        _, status, usage = os.wait4(child.pid, 0)
+        peak_kib = 0
+        while True:
+            # wait4 reports this child's own CPU time (RUSAGE_CHILDREN would add up every child).
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            peak_kib = max(peak_kib, _high_water_kib(child.pid))
+            time.sleep(0.02)
         wall = time.perf_counter() - began
         child.returncode = os.waitstatus_to_exitcode(status)
         stdout.seek(0)
@@ -159,10 +167,25 @@ def run_etl(
     return ChildRun(
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        peak_rss_mb=peak_kib / 1024,
         pipeline_s=float(found.group(1).replace(",", "")) if found else None,
         stdout=out_text,
     )
+
+
+def _high_water_kib(pid: int) -> int:
+    """The pipeline process's peak resident memory so far (0 before its exec, or once gone).
+
+    Between fork and exec the child is still a copy of this process, catalogue and all.
+    """
+    try:
+        if b"pipelines.cli" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return 0
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) if found else 0
 
 
 def _child_env() -> dict[str, str]:

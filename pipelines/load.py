@@ -114,7 +114,7 @@ def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None)
 # re-run over the same window) are left alone: deleting from a keyed table is the dear part.
 _UPSERT = f"""
 CREATE TEMP TABLE batch AS
-    SELECT * EXCLUDE (arrival) FROM incoming
+    SELECT * EXCLUDE (arrival) FROM staging.incoming
     QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated DESC, arrival DESC) = 1;
 DELETE FROM batch WHERE id IN (SELECT id FROM (SELECT * FROM batch INTERSECT SELECT * FROM events));
 CREATE TEMP TABLE batch_aliases AS
@@ -145,6 +145,7 @@ _INCOMING = Table(
     "one row per event row received in this run",
     (),
 )
+_ROWS_PER_COMMIT = 100_000
 _REFUSED = Table("refused", REJECTS_SCHEMA, "one row per feature rejected in this run", ())
 
 
@@ -154,77 +155,111 @@ def write_duckdb(
     """Create the database at ``path``, or add this run to the one already there.
 
     Partitions are staged one at a time (``events`` may be a lazy iterable), so memory holds one
-    partition, not the run: DuckDB keeps the staged rows and spills them to disk when it must.
+    partition, not the run.
     """
     fresh = not path.exists()
     if not fresh:
         check_database(path)
-    with duckdb.connect(str(path)) as con:
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET memory_limit = '256MB'")
-        if fresh:
-            for table in TABLES:
-                con.execute(duckdb_ddl(table))
-        con.execute(duckdb_ddl(_INCOMING, temporary=True))
-        con.execute(duckdb_ddl(_REFUSED, temporary=True))
-        arrival = 0
-        con.execute("BEGIN")  # one commit for all partitions, not one each
-        for part in events:
-            order = pa.array(range(arrival, arrival + part.num_rows), pa.int64())
-            _append(con, _INCOMING.name, part.append_column("arrival", order))
-            arrival += part.num_rows
-        for part in rejects:
-            _append(con, _REFUSED.name, part)
-        con.execute("COMMIT")
-        # Statement by statement, not one transaction: DuckDB checks a primary key eagerly, so a
-        # delete and re-insert of one key must not share a transaction. The file is a scratch
-        # copy until the run succeeds, which is what makes the whole load atomic.
-        for statement in filter(str.strip, _UPSERT.split(";")):
-            con.execute(statement)
-        con.execute(
-            f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM {_REFUSED.name}", [run.run_id]
-        )
-        materialise(con)
-        received, accepted, total = con.execute(
-            f"""SELECT
-                 (SELECT count(DISTINCT id) FROM (SELECT id FROM incoming UNION ALL
-                    SELECT id FROM refused WHERE id IS NOT NULL))
-                 + (SELECT count(*) FROM refused WHERE id IS NULL),
-                 (SELECT count(DISTINCT id) FROM incoming),
-                 (SELECT count(*) FROM {EVENTS.name})"""
-        ).fetchall()[0]
-        counts = LoadCounts(received, accepted, received - accepted, total)
-        stats = run.stats
-        run_row = pa.Table.from_pylist(
-            [
-                {
-                    "run_id": run.run_id,
-                    "started_at": run.started_at,
-                    "finished_at": dt.datetime.now(dt.UTC),
-                    "window_start": run.window.start,
-                    "window_end": run.window.end,
-                    "base_url": run.base_url,
-                    "min_magnitude": run.min_magnitude,
-                    "partitions": run.partitions,
-                    "partitions_cached": run.partitions_cached,
-                    "revised_events": run.revised_events,
-                    "max_allowed": run.max_allowed,
-                    "requests": stats.requests,
-                    "retries": stats.retries,
-                    "splits": stats.splits,
-                    "bytes_received": stats.bytes_received,
-                    "events_received": counts.received,
-                    "events_loaded": counts.loaded,
-                    "events_rejected": counts.rejected,
-                    "code_version": run.code_version,
-                    "schema_version": SCHEMA_VERSION,
-                }
-            ],
-            schema=ETL_RUNS.schema,
-        )
-        con.register("run_row", run_row)
-        con.execute(f"INSERT INTO {ETL_RUNS.name} SELECT * FROM run_row")
+    staging = path.with_name(f".{path.name}.staging")
+    _remove(staging)
+    try:
+        with duckdb.connect(str(path)) as con:
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute("SET memory_limit = '256MB'")
+            if fresh:
+                for table in TABLES:
+                    con.execute(duckdb_ddl(table))
+            _stage(con, staging, events, rejects)
+            # Statement by statement, not one transaction: DuckDB checks a primary key eagerly,
+            # so a delete and re-insert of one key must not share a transaction. The file is a
+            # scratch copy until the run succeeds, which is what makes the whole load atomic.
+            for statement in filter(str.strip, _UPSERT.split(";")):
+                con.execute(statement)
+            con.execute(
+                f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM staging.{_REFUSED.name}",
+                [run.run_id],
+            )
+            materialise(con)
+            counts = _count(con)
+            _record_run(con, run, counts)
+            con.execute("DETACH staging")
+    finally:
+        _remove(staging)
     return counts
+
+
+def _stage(
+    con: duckdb.DuckDBPyConnection,
+    staging: Path,
+    events: Iterable[pa.Table],
+    rejects: Iterable[pa.Table],
+) -> None:
+    """Copy the run's rows into a scratch database of their own: on disk, so DuckDB can page
+    them out (a temporary table of a ten-year run doubled the peak memory), gone afterwards."""
+    con.execute("ATTACH ? AS staging", [str(staging)])
+    con.execute(duckdb_ddl(_INCOMING, database="staging"))
+    con.execute(duckdb_ddl(_REFUSED, database="staging"))
+    # Commit in batches: one commit per partition is slow, and one for the whole run keeps
+    # every staged row in memory (DuckDB cannot spill a transaction's own inserts).
+    arrival = uncommitted = 0
+    con.execute("BEGIN")
+    for part in events:
+        order = pa.array(range(arrival, arrival + part.num_rows), pa.int64())
+        _append(con, f"staging.{_INCOMING.name}", part.append_column("arrival", order))
+        arrival += part.num_rows
+        uncommitted += part.num_rows
+        if uncommitted >= _ROWS_PER_COMMIT:
+            con.execute("COMMIT")
+            con.execute("BEGIN")
+            uncommitted = 0
+    for part in rejects:
+        _append(con, f"staging.{_REFUSED.name}", part)
+    con.execute("COMMIT")
+
+
+def _count(con: duckdb.DuckDBPyConnection) -> LoadCounts:
+    received, accepted, total = con.execute(
+        f"""SELECT
+             (SELECT count(DISTINCT id) FROM (SELECT id FROM staging.incoming UNION ALL
+                SELECT id FROM staging.refused WHERE id IS NOT NULL))
+             + (SELECT count(*) FROM staging.refused WHERE id IS NULL),
+             (SELECT count(DISTINCT id) FROM staging.incoming),
+             (SELECT count(*) FROM {EVENTS.name})"""
+    ).fetchall()[0]
+    return LoadCounts(received, accepted, received - accepted, total)
+
+
+def _record_run(con: duckdb.DuckDBPyConnection, run: RunRecord, counts: LoadCounts) -> None:
+    stats = run.stats
+    row = {
+        "run_id": run.run_id,
+        "started_at": run.started_at,
+        "finished_at": dt.datetime.now(dt.UTC),
+        "window_start": run.window.start,
+        "window_end": run.window.end,
+        "base_url": run.base_url,
+        "min_magnitude": run.min_magnitude,
+        "partitions": run.partitions,
+        "partitions_cached": run.partitions_cached,
+        "revised_events": run.revised_events,
+        "max_allowed": run.max_allowed,
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "splits": stats.splits,
+        "bytes_received": stats.bytes_received,
+        "events_received": counts.received,
+        "events_loaded": counts.loaded,
+        "events_rejected": counts.rejected,
+        "code_version": run.code_version,
+        "schema_version": SCHEMA_VERSION,
+    }
+    con.register("run_row", pa.Table.from_pylist([row], schema=ETL_RUNS.schema))
+    con.execute(f"INSERT INTO {ETL_RUNS.name} SELECT * FROM run_row")
+
+
+def _remove(database: Path) -> None:
+    for part in (database, database.with_name(database.name + ".wal")):
+        part.unlink(missing_ok=True)
 
 
 def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:

@@ -100,12 +100,12 @@ def duckdb_type(arrow: pa.DataType) -> str:
     return _DUCKDB_TYPES[arrow]
 
 
-def duckdb_ddl(table: Table, *, temporary: bool = False) -> str:
+def duckdb_ddl(table: Table, *, database: str | None = None) -> str:
     """CREATE TABLE text for DuckDB; identifiers come from this module, never from input."""
     cols = [
         f'"{f.name}" {duckdb_type(f.type)}{"" if f.nullable else " NOT NULL"}' for f in table.schema
     ]
     if table.key:
         cols.append("PRIMARY KEY (" + ", ".join(f'"{k}"' for k in table.key) + ")")
-    create = "CREATE TEMP TABLE" if temporary else "CREATE TABLE"
-    return f'{create} "{table.name}" (\n  ' + ",\n  ".join(cols) + "\n)"
+    name = f'{database}."{table.name}"' if database else f'"{table.name}"'
+    return f"CREATE TABLE {name} (\n  " + ",\n  ".join(cols) + "\n)"
