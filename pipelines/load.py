@@ -179,7 +179,11 @@ def write_duckdb(
                 f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM staging.{_REFUSED.name}",
                 [run.run_id],
             )
-            materialise(con)
+            # The analytics derive from `events` alone: a run that changed no event (a re-run
+            # over settled, cached months) keeps them as they are.
+            ((changed,),) = con.execute("SELECT count(*) FROM batch").fetchall()
+            if fresh or changed:
+                materialise(con)
             counts = _count(con)
             _record_run(con, run, counts)
             con.execute("DETACH staging")

@@ -59,6 +59,11 @@ def _events(out: Path) -> list[tuple]:
         return con.execute("SELECT * EXCLUDE (updated) FROM events ORDER BY id").fetchall()
 
 
+def _daily(out: Path) -> list[tuple]:
+    with duckdb.connect(str(out), read_only=True) as con:
+        return con.execute("SELECT * FROM daily_summary ORDER BY ALL").fetchall()
+
+
 def _queries(service: FakeFDSN) -> list[tuple[str, str, str | None]]:
     return sorted(
         (r.path, r.params.get("starttime", ""), r.params.get("updatedafter")) for r in service.log
@@ -86,6 +91,7 @@ def test_a_second_run_refetches_only_unsettled_partitions_plus_one_revision_quer
         cold_log = _queries(service)
         service.reset_log()
         first = _events(out)
+        first_daily = _daily(out)
         warm = _run(home, service.base_url, out)
         warm_log = _queries(service)
 
@@ -106,6 +112,7 @@ def test_a_second_run_refetches_only_unsettled_partitions_plus_one_revision_quer
     assert "partitions  3 (1 from cache)" in warm
     assert settle_before > dt.datetime.fromisoformat(month_starts[1] + "+00:00")
     assert _events(out) == first
+    assert _daily(out) == first_daily
     expected = catalogue.count(START, END)
     assert len(first) == expected
 
