@@ -60,13 +60,37 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--end", help="exclusive; a date or ISO-8601 UTC time (default: now)")
     parser.add_argument("--min-magnitude", type=float, help="only events at or above this")
-    parser.add_argument("--max-in-flight", type=_positive(int), default=defaults.max_in_flight)
-    parser.add_argument("--max-per-5min", type=_positive(int), default=defaults.max_per_5min)
     parser.add_argument(
-        "--connect-timeout", type=_positive(float), default=defaults.connect_timeout_s
+        "--max-in-flight",
+        type=_positive(int),
+        default=defaults.max_in_flight,
+        help=f"requests at once, across partitions (default {defaults.max_in_flight})",
     )
-    parser.add_argument("--read-timeout", type=_positive(float), default=defaults.read_timeout_s)
-    parser.add_argument("--max-attempts", type=_positive(int), default=defaults.max_attempts)
+    parser.add_argument(
+        "--max-per-5min",
+        type=_positive(int),
+        default=defaults.max_per_5min,
+        help=f"requests started per five minutes (default {defaults.max_per_5min}, as USGS asks)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=_positive(float),
+        default=defaults.connect_timeout_s,
+        help=f"seconds (default {defaults.connect_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=_positive(float),
+        default=defaults.read_timeout_s,
+        help=f"seconds without a byte before a request is retried (default "
+        f"{defaults.read_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=_positive(int),
+        default=defaults.max_attempts,
+        help=f"per request, retries included (default {defaults.max_attempts})",
+    )
     parser.add_argument(
         "--backoff",
         type=_positive(float),
@@ -74,7 +98,10 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
         help="seconds before the first retry; doubles per retry, with jitter",
     )
     parser.add_argument(
-        "--max-body-mb", type=_positive(int), default=defaults.max_body_bytes // 2**20
+        "--max-body-mb",
+        type=_positive(int),
+        default=defaults.max_body_bytes // 2**20,
+        help=f"refuse larger answers (default {defaults.max_body_bytes // 2**20})",
     )
     parser.add_argument(
         "--format",
