@@ -247,9 +247,15 @@ def run_pipeline(job: Job):
         )
     # Partition outputs worth keeping go to the store; the rest of a run's data dies with it.
     with tempfile.TemporaryDirectory(prefix="quakecat-run-") as raw:
-        run = flyte.with_runcontext(
+        runner = flyte.with_runcontext(
             mode="local", raw_data_path=raw, disable_run_cache=not job.cache
-        ).run(
+        )
+        # Local runs keep their metadata in /tmp/flyte/metadata/<run>, which nothing cleans up
+        # (hundreds of MB after a few archive runs), and flyte 2.12 has no public option for
+        # it: keep it with the run's raw data instead, which goes with the run.
+        if hasattr(runner, "_metadata_path"):
+            runner._metadata_path = str(Path(raw) / "metadata")
+        run = runner.run(
             etl,
             start=job.window.start,
             end=job.window.end,

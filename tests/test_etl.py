@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -338,3 +339,13 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
     assert sorted(p.name for p in out.parent.iterdir()) == ["quakes.duckdb", "report.html"]
     with duckdb.connect(str(out), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM etl_runs").fetchall() == [(2,)]
+
+
+def test_a_run_leaves_no_flyte_metadata_behind(service: FakeFDSN, quakecat, tmp_path):
+    out = tmp_path / "q.duckdb"
+    window = ("--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url)
+    assert quakecat(*window, "--out", str(out))[0] == 0
+    with duckdb.connect(str(out), read_only=True) as con:
+        ((run_id,),) = con.execute("SELECT run_id FROM etl_runs").fetchall()
+    # Flyte's own default place for a local run's metadata, which nothing would clean up.
+    assert not (Path("/tmp/flyte/metadata") / run_id).exists()
