@@ -295,12 +295,35 @@ def render_report(con: duckdb.DuckDBPyConnection) -> str:
     parts.append("<script>\n" + "\n".join(calls) + "\n</script>")
     return _PAGE.format(
         # The bundle is code we trust, but "</script" inside it would still end the tag early.
-        bundle=vl_convert.javascript_bundle(vl_version=_VL_VERSION).replace(
-            "</script", "<\\/script"
-        ),
+        bundle=javascript_bundle().replace("</script", "<\\/script"),
         summary=_summary_html(summary),
         body="\n".join(parts),
     )
+
+
+def javascript_bundle(cache_dir: Path | None = None) -> str:
+    """Vega, Vega-Lite and vega-embed as one script, kept on disk per version.
+
+    Building it takes vl-convert about a second, in every run; the bundle only changes with
+    vl-convert's version and the Vega-Lite version Altair writes for.
+    """
+    cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    cached = cache_dir / "quakecat" / f"vega-bundle-{vl_convert.__version__}-{_VL_VERSION}.js"
+    try:
+        return cached.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    bundle = vl_convert.javascript_bundle(vl_version=_VL_VERSION)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=cached.parent, delete=False, suffix=".partial"
+        ) as draft:
+            draft.write(bundle)
+        os.replace(draft.name, cached)
+    except OSError:
+        pass  # a read-only home only costs the second next time
+    return bundle
 
 
 def write_report(con: duckdb.DuckDBPyConnection, path: Path) -> None:

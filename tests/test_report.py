@@ -292,3 +292,15 @@ def test_page_renders_in_chromium_without_console_errors(
     assert re.search(r'class="mark-line role-mark', dom)  # the G-R line
     assert re.search(r'class="mark-shape role-mark', dom)  # the globe and graticule
     assert dom.count('aria-roledescription="circle"') == len(EVENTS)  # one per epicentre
+
+
+def test_the_javascript_bundle_is_built_once_and_kept_per_version(tmp_path: Path) -> None:
+    from pipelines.report import javascript_bundle
+
+    built = javascript_bundle(cache_dir=tmp_path)
+    (kept,) = (tmp_path / "quakecat").glob("vega-bundle-*.js")
+    assert kept.read_text(encoding="utf-8") == built
+    assert "vegaEmbed" in built
+    kept.write_text("// the cached copy", encoding="utf-8")
+    assert javascript_bundle(cache_dir=tmp_path) == "// the cached copy"
+    assert [p.name for p in (tmp_path / "quakecat").iterdir()] == [kept.name]
