@@ -202,6 +202,15 @@ def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
         out = default.with_suffix(f".{fmt}")
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file path such as {DEFAULT_OUT}")
+    # Found out now, not after the whole run: where the file is to go must be a writable folder.
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"--out {out}: {out.parent} is a file, not a folder") from None
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create its folder ({exc.strerror})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--out {out}: its folder {out.parent} is not writable")
     if out.exists():
         try:
             check_database(out, fmt)

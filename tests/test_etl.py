@@ -349,3 +349,18 @@ def test_a_run_leaves_no_flyte_metadata_behind(service: FakeFDSN, quakecat, tmp_
         ((run_id,),) = con.execute("SELECT run_id FROM etl_runs").fetchall()
     # Flyte's own default place for a local run's metadata, which nothing would clean up.
     assert not (Path("/tmp/flyte/metadata") / run_id).exists()
+
+
+def test_an_out_path_that_cannot_be_written_exits_2_before_any_request(
+    service: FakeFDSN, quakecat, tmp_path
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "q.duckdb"
+    code, _, stderr = quakecat(
+        "--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url,
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 2
+    assert stderr == f"quakecat: error: --out {out}: {blocker} is a file, not a folder\n"
+    assert service.log == []
