@@ -197,7 +197,8 @@ def _job(args: argparse.Namespace, window: Window, settings: ClientSettings, out
 
 
 def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
-    """``out`` may be new, or a database of ours that this run will add to."""
+    """Where the database goes: a file path in a writable folder (what is there already is
+    checked, once, when the run reads the archive)."""
     if out is None:
         out = default.with_suffix(f".{fmt}")
     if out.is_dir():
@@ -211,11 +212,6 @@ def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
         raise UsageError(f"--out {out}: cannot create its folder ({exc.strerror})") from None
     if not os.access(out.parent, os.W_OK):
         raise UsageError(f"--out {out}: its folder {out.parent} is not writable")
-    if out.exists():
-        try:
-            check_database(out, fmt)
-        except IncompatibleDatabase as exc:
-            raise UsageError(f"--out {exc}") from None
     return out
 
 
@@ -242,9 +238,12 @@ def run_pipeline(job: Job):
     from pipelines.etl import Incremental, etl
     from pipelines.extract import FetchRequest
 
-    flyte.init(log_level=logging.INFO if job.verbose else logging.CRITICAL)
     out = job.out
-    archive = check_database(out, job.fmt, job.settings.base_url) if out.exists() else Archive()
+    try:
+        archive = check_database(out, job.fmt, job.settings.base_url) if out.exists() else Archive()
+    except IncompatibleDatabase as exc:
+        raise UsageError(f"--out {exc}") from None
+    flyte.init(log_level=logging.INFO if job.verbose else logging.CRITICAL)
     incremental = Incremental(max_allowed=archive.max_allowed)
     if job.cache:
         store = partition_store()

@@ -109,10 +109,14 @@ async def etl(
                 derived = await transform.aio(frame)
         return derived, rejects, fetched
 
+    def from_cache(fetched: FetchStats) -> bool:
+        # A cached extract hands back the stats of the run that fetched it.
+        return fetched.fetched_at < started_at
+
     async def partition_done(partition: Window):
         generation = SETTLED if settled and partition.end <= settled else incremental.generation
         result = await process(partition, generation)
-        board.advance(result[2], cached=result[2].fetched_at < started_at)
+        board.advance(result[2], cached=from_cache(result[2]))
         return result
 
     processed = list(await asyncio.gather(*(partition_done(p) for p in survey.partitions)))
@@ -120,7 +124,7 @@ async def etl(
     reused = [
         (partition, result[2].fetched_at)
         for partition, result in zip(survey.partitions, processed, strict=True)
-        if result[2].fetched_at < started_at
+        if from_cache(result[2])
     ]
     revised = 0
     if reused:
@@ -132,7 +136,7 @@ async def etl(
         revised = revisions[2].events
         processed.append(revisions)
     for _, _, partition_stats in processed:
-        if partition_stats.fetched_at >= started_at:
+        if not from_cache(partition_stats):
             stats.add(partition_stats)
     cached = len(reused)
 

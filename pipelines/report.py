@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import altair as alt
 import duckdb
 import polars as pl
 import vl_convert
+
+from pipelines.files import partial_beside
 
 # An archive of millions of events must stay a small page: the map shows the largest ones.
 MAP_POINTS_LIMIT = 5_000
@@ -315,12 +316,8 @@ def javascript_bundle(cache_dir: Path | None = None) -> str:
         pass
     bundle = vl_convert.javascript_bundle(vl_version=_VL_VERSION)
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=cached.parent, delete=False, suffix=".partial"
-        ) as draft:
-            draft.write(bundle)
-        os.replace(draft.name, cached)
+        with partial_beside(cached) as partial:
+            partial.write_text(bundle, encoding="utf-8")
     except OSError:
         pass  # a read-only home only costs the second next time
     return bundle
@@ -329,15 +326,5 @@ def javascript_bundle(cache_dir: Path | None = None) -> str:
 def write_report(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Write the report to ``path`` atomically: a reader sees the old page or the new one."""
     page = render_report(con)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(page)
-            out.flush()
-            os.fsync(out.fileno())
-        # mkstemp makes the file private (0600); a report is meant to be shared.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with partial_beside(path) as partial:
+        partial.write_text(page, encoding="utf-8")
