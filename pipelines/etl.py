@@ -91,12 +91,14 @@ async def etl(
     board = Progress(len(survey.partitions), enabled=progress)
 
     # Each sync task call takes a thread of its own; the client's budget bounds the requests,
-    # this bounds the threads (and the partitions held in memory at once).
-    gate = asyncio.Semaphore(request.client.max_in_flight)
+    # this bounds the threads (and the partitions held in memory at once). Twice the requests:
+    # while one partition is parsed, stored and transformed, the next one is already fetching
+    # (with a gate of one per request, every slot sat idle through its partition's processing).
+    gate = asyncio.Semaphore(2 * request.client.max_in_flight)
 
     async def process(partition: Window, generation: str, since: dt.datetime | None = None):
-        # Extract and transform back to back under one gate: at most `max_in_flight` partitions
-        # are in memory at once, and transforms overlap other partitions' fetches.
+        # Extract and transform back to back under one gate, which bounds the partitions in
+        # memory at once; transforms overlap other partitions' fetches.
         fetch = extract.override(cache="disable") if since else extract
         store = "" if since else incremental.store
         async with gate:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import html
 import sqlite3
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import flyte
 import flyte.report
+import flyte.storage
 import pyarrow as pa
 from flyte.io import DataFrame, File
 
@@ -110,124 +112,130 @@ def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None)
 # Newest revision wins, across partitions, runs, and changes of preferred id: an incoming event
 # replaces every stored event that shares any of its ids, unless a stored one is newer. USGS
 # sometimes revises text (place, title) without touching `updated`: on such a tie the later
-# arrival wins, in the run (`arrival`) as across runs. Rows already stored as they are (a
-# re-run over the same window) are left alone: deleting from a keyed table is the dear part.
+# arrival wins, in the run (`arrival`) as across runs.
+#
+# The decisions are made on narrow key columns; full rows are read from the run's Parquet files
+# once, by the final insert, so a run costs one pass over its data and no staged copy of it.
+_WINNERS = """
+CREATE TEMP TABLE run_winners AS
+    SELECT id, updated, arrival, list_distinct(list_append(coalesce(ids, []), id)) AS aliases
+    FROM incoming
+    QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated DESC, arrival DESC) = 1
+"""
+_STORED_OVERLAP = f"SELECT count(*) FROM run_winners WHERE id IN (SELECT id FROM {EVENTS.name})"
+# Rows already stored exactly as they are (a re-run over the same window) are left alone:
+# deleting from a keyed table is the dear part. Only ids the file already holds are compared.
+_UNCHANGED = f"""
+DELETE FROM run_winners WHERE id IN (
+    SELECT id FROM (
+        SELECT {{columns}} FROM incoming WHERE arrival IN (
+            SELECT arrival FROM run_winners WHERE id IN (SELECT id FROM {EVENTS.name}))
+        INTERSECT
+        SELECT {{columns}} FROM {EVENTS.name} WHERE id IN (SELECT id FROM run_winners)))
+"""
 _UPSERT = f"""
-CREATE TEMP TABLE batch AS
-    SELECT * EXCLUDE (arrival) FROM staging.incoming
-    QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated DESC, arrival DESC) = 1;
-DELETE FROM batch WHERE id IN (SELECT id FROM (SELECT * FROM batch INTERSECT SELECT * FROM events));
-CREATE TEMP TABLE batch_aliases AS
-    SELECT DISTINCT id, unnest(list_distinct(list_append(coalesce(ids, []), id))) AS alias
-    FROM batch;
+CREATE TEMP TABLE run_aliases AS SELECT id, unnest(aliases) AS alias FROM run_winners;
 CREATE TEMP TABLE stored_matches AS
-    SELECT DISTINCT a.id AS new_id, e.id AS old_id, e.updated > b.updated AS stored_is_newer
-    FROM batch_aliases a
+    SELECT DISTINCT a.id AS new_id, e.id AS old_id, e.updated > w.updated AS stored_is_newer
+    FROM run_aliases a
     JOIN {EVENT_IDS.name} m ON m.alias = a.alias
     JOIN {EVENTS.name} e ON e.id = m.id
-    JOIN batch b ON b.id = a.id;
-DELETE FROM batch WHERE id IN (SELECT new_id FROM stored_matches WHERE stored_is_newer);
+    JOIN run_winners w ON w.id = a.id;
+DELETE FROM run_winners WHERE id IN (SELECT new_id FROM stored_matches WHERE stored_is_newer);
 DELETE FROM {EVENTS.name}
-    WHERE id IN (SELECT old_id FROM stored_matches WHERE new_id IN (SELECT id FROM batch));
+    WHERE id IN (SELECT old_id FROM stored_matches WHERE new_id IN (SELECT id FROM run_winners));
 DELETE FROM {EVENT_IDS.name}
     WHERE id NOT IN (SELECT id FROM {EVENTS.name})
-       OR alias IN (SELECT alias FROM batch_aliases WHERE id IN (SELECT id FROM batch));
-INSERT INTO {EVENTS.name} SELECT * FROM batch ORDER BY time, id;
+       OR alias IN (SELECT alias FROM run_aliases WHERE id IN (SELECT id FROM run_winners));
+INSERT INTO {EVENTS.name}
+    SELECT {{columns}} FROM incoming WHERE arrival IN (SELECT arrival FROM run_winners)
+    ORDER BY time, id;
 INSERT INTO {EVENT_IDS.name}
-    SELECT alias, id FROM batch_aliases WHERE id IN (SELECT id FROM batch) ORDER BY alias;
+    SELECT alias, id FROM run_aliases WHERE id IN (SELECT id FROM run_winners) ORDER BY alias;
 """
+_COLUMNS = ", ".join(f'"{name}"' for name in EVENTS_SCHEMA.names)
 
 
-# Staging for one run's partitions; `arrival` orders revisions that tie on `updated`.
+def write_duckdb(
+    path: Path, events: Sequence[Path], rejects: Iterable[pa.Table], run: RunRecord
+) -> LoadCounts:
+    """Create the database at ``path``, or add this run to the one already there.
+
+    ``events`` are the run's Parquet files of ``EVENTS_SCHEMA`` rows, in the order they arrived.
+    DuckDB streams them, so memory holds the run's keys, never its rows.
+    """
+    fresh = not path.exists()
+    if not fresh:
+        check_database(path)
+    with duckdb.connect(str(path)) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET memory_limit = '256MB'")
+        if fresh:
+            for table in TABLES:
+                con.execute(duckdb_ddl(table))
+        _open_incoming(con, events)
+        con.register("refused", _concat(rejects, REJECTS_SCHEMA))
+        # Statement by statement, not one transaction: DuckDB checks a primary key eagerly,
+        # so a delete and re-insert of one key must not share a transaction. The file is a
+        # scratch copy until the run succeeds, which is what makes the whole load atomic.
+        con.execute(_WINNERS)
+        ((overlap,),) = con.execute(_STORED_OVERLAP).fetchall()
+        if overlap:
+            con.execute(_UNCHANGED.format(columns=_COLUMNS))
+        for statement in filter(str.strip, _UPSERT.format(columns=_COLUMNS).split(";")):
+            con.execute(statement)
+        con.execute(f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM refused", [run.run_id])
+        # The analytics derive from `events` alone: a run that changed no event (a re-run
+        # over settled, cached months) keeps them as they are.
+        ((changed,),) = con.execute("SELECT count(*) FROM run_winners").fetchall()
+        if fresh or changed:
+            materialise(con)
+        counts = _count(con)
+        _record_run(con, run, counts)
+        con.unregister("refused")
+    return counts
+
+
+def _open_incoming(con: duckdb.DuckDBPyConnection, files: Sequence[Path]) -> None:
+    """The view ``incoming``: every row of ``files`` with its ``arrival`` (file, then row)."""
+    if not files:
+        con.register("incoming", _INCOMING.schema.empty_table())
+        return
+    listed = ", ".join(_sql_string(str(f)) for f in files)
+    con.execute(
+        f"""CREATE TEMP VIEW incoming AS
+            SELECT * EXCLUDE (filename, file_row_number),
+                   list_position([{listed}], filename) * {_ROWS_PER_FILE} + file_row_number
+                       AS arrival
+            FROM read_parquet([{listed}], filename = true, file_row_number = true)"""
+    )
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _concat(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
+    return pa.concat_tables([schema.empty_table(), *tables])
+
+
+# The columns of ``incoming``; `arrival` orders revisions that tie on `updated`.
 _INCOMING = Table(
     "incoming",
     EVENTS_SCHEMA.append(pa.field("arrival", pa.int64(), nullable=False)),
     "one row per event row received in this run",
     (),
 )
-_ROWS_PER_COMMIT = 100_000
-_REFUSED = Table("refused", REJECTS_SCHEMA, "one row per feature rejected in this run", ())
-
-
-def write_duckdb(
-    path: Path, events: Iterable[pa.Table], rejects: Iterable[pa.Table], run: RunRecord
-) -> LoadCounts:
-    """Create the database at ``path``, or add this run to the one already there.
-
-    Partitions are staged one at a time (``events`` may be a lazy iterable), so memory holds one
-    partition, not the run.
-    """
-    fresh = not path.exists()
-    if not fresh:
-        check_database(path)
-    staging = path.with_name(f".{path.name}.staging")
-    _remove(staging)
-    try:
-        with duckdb.connect(str(path)) as con:
-            con.execute("SET TimeZone = 'UTC'")
-            con.execute("SET memory_limit = '256MB'")
-            if fresh:
-                for table in TABLES:
-                    con.execute(duckdb_ddl(table))
-            _stage(con, staging, events, rejects)
-            # Statement by statement, not one transaction: DuckDB checks a primary key eagerly,
-            # so a delete and re-insert of one key must not share a transaction. The file is a
-            # scratch copy until the run succeeds, which is what makes the whole load atomic.
-            for statement in filter(str.strip, _UPSERT.split(";")):
-                con.execute(statement)
-            con.execute(
-                f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM staging.{_REFUSED.name}",
-                [run.run_id],
-            )
-            # The analytics derive from `events` alone: a run that changed no event (a re-run
-            # over settled, cached months) keeps them as they are.
-            ((changed,),) = con.execute("SELECT count(*) FROM batch").fetchall()
-            if fresh or changed:
-                materialise(con)
-            counts = _count(con)
-            _record_run(con, run, counts)
-            con.execute("DETACH staging")
-    finally:
-        _remove(staging)
-    return counts
-
-
-def _stage(
-    con: duckdb.DuckDBPyConnection,
-    staging: Path,
-    events: Iterable[pa.Table],
-    rejects: Iterable[pa.Table],
-) -> None:
-    """Copy the run's rows into a scratch database of their own: on disk, so DuckDB can page
-    them out (a temporary table of a ten-year run doubled the peak memory), gone afterwards."""
-    con.execute("ATTACH ? AS staging", [str(staging)])
-    con.execute(duckdb_ddl(_INCOMING, database="staging"))
-    con.execute(duckdb_ddl(_REFUSED, database="staging"))
-    # Commit in batches: one commit per partition is slow, and one for the whole run keeps
-    # every staged row in memory (DuckDB cannot spill a transaction's own inserts).
-    arrival = uncommitted = 0
-    con.execute("BEGIN")
-    for part in events:
-        order = pa.array(range(arrival, arrival + part.num_rows), pa.int64())
-        _append(con, f"staging.{_INCOMING.name}", part.append_column("arrival", order))
-        arrival += part.num_rows
-        uncommitted += part.num_rows
-        if uncommitted >= _ROWS_PER_COMMIT:
-            con.execute("COMMIT")
-            con.execute("BEGIN")
-            uncommitted = 0
-    for part in rejects:
-        _append(con, f"staging.{_REFUSED.name}", part)
-    con.execute("COMMIT")
+_ROWS_PER_FILE = 1 << 32
 
 
 def _count(con: duckdb.DuckDBPyConnection) -> LoadCounts:
     received, accepted, total = con.execute(
         f"""SELECT
-             (SELECT count(DISTINCT id) FROM (SELECT id FROM staging.incoming UNION ALL
-                SELECT id FROM staging.refused WHERE id IS NOT NULL))
-             + (SELECT count(*) FROM staging.refused WHERE id IS NULL),
-             (SELECT count(DISTINCT id) FROM staging.incoming),
+             (SELECT count(DISTINCT id) FROM (SELECT id FROM incoming UNION ALL
+                SELECT id FROM refused WHERE id IS NOT NULL))
+             + (SELECT count(*) FROM refused WHERE id IS NULL),
+             (SELECT count(DISTINCT id) FROM incoming),
              (SELECT count(*) FROM {EVENTS.name})"""
     ).fetchall()[0]
     return LoadCounts(received, accepted, received - accepted, total)
@@ -261,19 +269,6 @@ def _record_run(con: duckdb.DuckDBPyConnection, run: RunRecord, counts: LoadCoun
     con.execute(f"INSERT INTO {ETL_RUNS.name} SELECT * FROM run_row")
 
 
-def _remove(database: Path) -> None:
-    for part in (database, database.with_name(database.name + ".wal")):
-        part.unlink(missing_ok=True)
-
-
-def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
-    con.register("staged_part", rows)
-    try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM staged_part")
-    finally:
-        con.unregister("staged_part")
-
-
 @worker.task(report=True)
 def load(
     events: list[DataFrame],
@@ -292,7 +287,7 @@ def load(
                 import_sqlite(work.with_suffix(".previous"), work)
             else:
                 previous.download_sync(str(work))
-        partitions = (frame.open(pa.Table).all_sync() for frame in events)
+        partitions = [f for n, frame in enumerate(events) for f in _parquet(frame, scratch, n)]
         refused = (frame.open(pa.Table).all_sync() for frame in rejects)
         counts = write_duckdb(work, partitions, refused, run)
         result = work
@@ -315,3 +310,15 @@ def load(
         )
         report = File.from_local_sync(page, remote_destination=File.new_remote("report.html").path)
     return database, report, counts
+
+
+def _parquet(frame: DataFrame, scratch: str, n: int) -> list[Path]:
+    """The Parquet files behind a partition's frame, on this machine (DuckDB streams them)."""
+    if frame.format != "parquet" or not frame.uri:
+        raise QuakecatError(f"partition {n} is not stored as Parquet ({frame.format}, {frame.uri})")
+    if flyte.storage.is_remote(frame.uri):
+        local = Path(scratch) / f"partition-{n:05d}"
+        asyncio.run(flyte.storage.get(frame.uri, str(local), recursive=True))
+    else:
+        local = Path(frame.uri.removeprefix("file://"))
+    return sorted(p for p in local.rglob("*") if p.is_file())

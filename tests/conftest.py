@@ -6,6 +6,8 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
@@ -17,6 +19,15 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "usgs-re
 
 def utc(*args: int) -> dt.datetime:
     return dt.datetime(*args, tzinfo=UTC)
+
+
+def parquet_files(tables: list[pa.Table], directory: Path, stem: str = "part") -> list[Path]:
+    """``tables`` written as the Parquet files a load reads (transform outputs), in order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{stem}-{i:03d}.parquet" for i in range(len(tables))]
+    for table, path in zip(tables, paths, strict=True):
+        pq.write_table(table, path)
+    return paths
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import pytest
 from pipelines.clean import Cleaned, clean_body
 from pipelines.errors import BadBody
 from schemas.events import RECORD, RECORD_SCHEMA
+from tests.conftest import parquet_files
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "usgs-real"
 if not DATA.is_dir():
@@ -298,7 +299,7 @@ def _load(path: Path, names: list[str], run_id: str):
 
     return write_duckdb(
         path,
-        [derive(cleaned(n).events) for n in names],
+        parquet_files([derive(cleaned(n).events) for n in names], path.parent, run_id),
         [cleaned(n).rejects for n in names],
         _run(run_id),
     )

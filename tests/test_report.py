@@ -24,6 +24,7 @@ from pipelines.plan import Window
 from pipelines.report import render_report, write_report
 from pipelines.transform import derive
 from schemas.events import RECORD_SCHEMA
+from tests.conftest import parquet_files
 
 UTC = dt.UTC
 CHROMIUM = Path("/usr/bin/chromium")
@@ -82,7 +83,8 @@ def reject(id_: str) -> pa.Table:
 
 def database(path: Path, rows: list[dict[str, Any]], rejects: int = 0) -> Path:
     events = [derive(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA))] if rows else []
-    write_duckdb(path, events, [reject(f"bad{i}") for i in range(rejects)], run_record())
+    files = parquet_files(events, path.with_name(f"{path.stem}-parts"))
+    write_duckdb(path, files, [reject(f"bad{i}") for i in range(rejects)], run_record())
     return path
 
 
