@@ -244,7 +244,7 @@ def run_pipeline(job: Job):
     except IncompatibleDatabase as exc:
         raise UsageError(f"--out {exc}") from None
     flyte.init(log_level=logging.INFO if job.verbose else logging.CRITICAL)
-    incremental = Incremental(max_allowed=archive.max_allowed)
+    incremental = Incremental(max_allowed=archive.max_allowed, held=list(archive.held))
     if job.cache:
         store = partition_store()
         incremental = dataclasses.replace(

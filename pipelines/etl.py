@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import flyte
-from flyte.io import File
+from flyte.io import DataFrame, File
 
 from pipelines.envs import driver
 from pipelines.extract import SETTLED, FetchRequest, Source, extract, plan
 from pipelines.fdsn.client import ClientSettings, FetchStats
-from pipelines.load import RunRecord, load
+from pipelines.load import ExtractRef, RunRecord, load
 from pipelines.plan import Window, check_window
 from pipelines.progress import Progress
 from pipelines.schedule import daily_trigger, kickoff_window_end
@@ -37,6 +37,18 @@ class Incremental:
     max_allowed: int | None = None
     # Where partition outputs that must outlive the run are kept ("" = the run's raw data).
     store: str = ""
+    # Extracts the archive has already taken in: handed back by the cache, they are skipped.
+    held: list[ExtractRef] = field(default_factory=list)
+
+
+@dataclass
+class Processed:
+    """One partition through extract and transform (``events`` is None when skipped)."""
+
+    events: DataFrame | None
+    rejects: DataFrame
+    stats: FetchStats
+    ref: ExtractRef
 
 
 @dataclass
@@ -96,6 +108,8 @@ async def etl(
     # (with a gate of one per request, every slot sat idle through its partition's processing).
     gate = asyncio.Semaphore(2 * request.client.max_in_flight)
 
+    held = {ref.key for ref in incremental.held}
+
     async def process(partition: Window, generation: str, since: dt.datetime | None = None):
         # Extract and transform back to back under one gate, which bounds the partitions in
         # memory at once; transforms overlap other partitions' fetches.
@@ -107,40 +121,43 @@ async def etl(
                     partition, source, generation, request.client, survey.max_allowed, store,
                     since,
                 )  # fmt: skip
+            ref = ExtractRef(frame.uri or "", fetched.fetched_at, partition.key)
+            if ref.key in held:
+                # The archive took this very extract in already (or something newer since).
+                return Processed(None, rejects, fetched, ref)
             with flyte.group("transform"):
                 derived = await transform.aio(frame)
-        return derived, rejects, fetched
+        return Processed(derived, rejects, fetched, ref)
 
     def from_cache(fetched: FetchStats) -> bool:
         # A cached extract hands back the stats of the run that fetched it.
         return fetched.fetched_at < started_at
 
-    async def partition_done(partition: Window):
+    async def partition_done(partition: Window) -> Processed:
         generation = SETTLED if settled and partition.end <= settled else incremental.generation
         result = await process(partition, generation)
-        board.advance(result[2], cached=from_cache(result[2]))
+        board.advance(result.stats, cached=from_cache(result.stats))
         return result
 
     processed = list(await asyncio.gather(*(partition_done(p) for p in survey.partitions)))
     board.finish()
     reused = [
-        (partition, result[2].fetched_at)
+        (partition, result.stats.fetched_at)
         for partition, result in zip(survey.partitions, processed, strict=True)
-        if from_cache(result[2])
+        if from_cache(result.stats)
     ]
-    revised = 0
+    revisions: list[Processed] = []
     if reused:
         # A partition from the cache misses what the service revised since it was fetched: one
-        # `updatedafter` query over the reused span brings that. It loads after the partitions,
-        # and the newest `updated` wins there.
+        # `updatedafter` query over the reused span brings that.
         span = Window(min(p.start for p, _ in reused), max(p.end for p, _ in reused))
-        revisions = await process(span, "revisions", min(fetched for _, fetched in reused))
-        revised = revisions[2].events
-        processed.append(revisions)
-    for _, _, partition_stats in processed:
-        if not from_cache(partition_stats):
-            stats.add(partition_stats)
+        revisions.append(await process(span, "revisions", min(fetched for _, fetched in reused)))
+    for result in processed + revisions:
+        if not from_cache(result.stats):
+            stats.add(result.stats)
     cached = len(reused)
+    revised = sum(result.stats.events for result in revisions)
+    loading = [result for result in processed if result.events is not None]
 
     run_id = flyte.ctx().action.run_name
     record = RunRecord(
@@ -155,9 +172,12 @@ async def etl(
         max_allowed=survey.max_allowed,
         stats=stats,
         code_version=CODE_VERSION,
+        extracts=[result.ref for result in loading],
     )
+    # The revisions load after the partitions: on a tie of `updated` the later arrival wins.
+    loading += revisions
     database, report, counts = await load.aio(
-        [e for e, _, _ in processed], [r for _, r, _ in processed], record, previous, fmt
+        [r.events for r in loading], [r.rejects for r in loading], record, previous, fmt
     )
     return (
         database,

@@ -9,7 +9,7 @@ import html
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -32,11 +32,26 @@ from schemas.tables import (
     ETL_RUNS,
     EVENT_IDS,
     EVENTS,
+    LOADED_EXTRACTS,
     REJECTED_EVENTS,
     TABLES,
     Table,
     duckdb_ddl,
 )
+
+
+@dataclass(frozen=True)
+class ExtractRef:
+    """One partition's stored extract, as a cache hands it back: where it is, and when it was
+    fetched (a refetch of an unsettled window may write the same place again)."""
+
+    uri: str
+    fetched_at: dt.datetime
+    partition: str = ""
+
+    @property
+    def key(self) -> tuple[str, dt.datetime]:
+        return self.uri, self.fetched_at
 
 
 @dataclass
@@ -54,6 +69,8 @@ class RunRecord:
     partitions_cached: int = 0
     revised_events: int = 0
     max_allowed: int = 20_000
+    # The extracts whose rows this run loads (the revisions query is never reused, so absent).
+    extracts: list[ExtractRef] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +93,7 @@ class Archive:
     """What an existing database tells the next run about itself."""
 
     max_allowed: int | None = None
+    held: tuple[ExtractRef, ...] = ()
 
 
 def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None) -> Archive:
@@ -86,15 +104,25 @@ def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None)
         f"SELECT max_allowed FROM {ETL_RUNS.name} WHERE base_url = ?"
         " ORDER BY finished_at DESC LIMIT 1"
     )
+    extracts = f"SELECT uri, fetched_at, partition FROM {LOADED_EXTRACTS.name}"
     try:
         if fmt == "sqlite":
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
                 found = con.execute(versions).fetchall()
                 runs = con.execute(last, [base_url]).fetchall()
+                held = (
+                    [
+                        (uri, dt.datetime.fromisoformat(at), part)
+                        for uri, at, part in con.execute(extracts).fetchall()
+                    ]
+                    if found[0][0] == SCHEMA_VERSION
+                    else []
+                )
         else:
             with duckdb.connect(str(path), read_only=True) as con:
                 found = con.execute(versions).fetchall()
                 runs = con.execute(last, [base_url]).fetchall()
+                held = con.execute(extracts).fetchall() if found[0][0] == SCHEMA_VERSION else []
     except (duckdb.Error, sqlite3.Error) as exc:
         reason = str(exc).splitlines()[0]
         raise IncompatibleDatabase(
@@ -106,7 +134,10 @@ def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None)
             f"{path} holds schema version {found[0][0]}, this quakecat writes {SCHEMA_VERSION};"
             " choose another --out or remove it to rebuild"
         )
-    return Archive(*runs[0]) if runs else Archive()
+    return Archive(
+        runs[0][0] if runs else None,
+        tuple(ExtractRef(uri, at.astimezone(dt.UTC), part) for uri, at, part in held),
+    )
 
 
 # Newest revision wins, across partitions, runs, and changes of preferred id: an incoming event
@@ -267,6 +298,20 @@ def _record_run(con: duckdb.DuckDBPyConnection, run: RunRecord, counts: LoadCoun
     }
     con.register("run_row", pa.Table.from_pylist([row], schema=ETL_RUNS.schema))
     con.execute(f"INSERT INTO {ETL_RUNS.name} SELECT * FROM run_row")
+    extracts = pa.Table.from_pylist(
+        [
+            {
+                "uri": e.uri,
+                "fetched_at": e.fetched_at,
+                "partition": e.partition,
+                "run_id": run.run_id,
+            }
+            for e in run.extracts
+        ],
+        schema=LOADED_EXTRACTS.schema,
+    )
+    con.register("run_extracts", extracts)
+    con.execute(f"INSERT INTO {LOADED_EXTRACTS.name} SELECT * FROM run_extracts")
 
 
 @worker.task(report=True)

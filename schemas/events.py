@@ -18,7 +18,7 @@ import msgspec
 import pyarrow as pa
 
 # Bumped whenever a column, type, null rule or normalisation changes: caches key on it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 UTC_MS = pa.timestamp("ms", tz="UTC")
 STRING_LIST = pa.list_(pa.string())

@@ -80,7 +80,23 @@ ETL_RUNS = Table(
     ("run_id",),
 )
 
-TABLES: tuple[Table, ...] = (EVENTS, EVENT_IDS, REJECTED_EVENTS, ETL_RUNS)
+LOADED_EXTRACTS = Table(
+    "loaded_extracts",
+    pa.schema(
+        [
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("fetched_at", UTC_MS, nullable=False),
+            pa.field("partition", pa.string(), nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+        ]
+    ),
+    "one row per partition extract (one window's stored answer, at `uri` as fetched at"
+    " `fetched_at`) whose rows this file took in; a later run that is handed the same extract"
+    " by its cache skips it, since the file already holds it or something newer",
+    ("uri", "fetched_at"),
+)
+
+TABLES: tuple[Table, ...] = (EVENTS, EVENT_IDS, REJECTED_EVENTS, ETL_RUNS, LOADED_EXTRACTS)
 
 _DUCKDB_TYPES: dict[pa.DataType, str] = {
     pa.string(): "VARCHAR",

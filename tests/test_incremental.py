@@ -115,6 +115,20 @@ def test_a_second_run_refetches_only_unsettled_partitions_plus_one_revision_quer
     assert _daily(out) == first_daily
     expected = catalogue.count(START, END)
     assert len(first) == expected
+    # The settled month's extract is the one the file took in last time: it is not loaded
+    # again. The unsettled months, fetched afresh, are.
+    settled_end = dt.datetime.fromisoformat(month_starts[1] + "+00:00")
+    with duckdb.connect(str(out), read_only=True) as con:
+        runs = con.execute(
+            "SELECT events_received, partitions_cached FROM etl_runs ORDER BY finished_at"
+        ).fetchall()
+        extracts = con.execute(
+            "SELECT partition, count(*), count(DISTINCT uri) FROM loaded_extracts"
+            " GROUP BY partition ORDER BY partition"
+        ).fetchall()
+    assert runs == [(expected, 0), (catalogue.count(settled_end, END), 1)]
+    assert [(n, uris) for _, n, uris in extracts] == [(1, 1), (2, 2), (2, 2)]
+    assert extracts[0][0].startswith(f"{_iso(START)[:10]}")
 
 
 def test_a_revised_old_event_arrives_through_updatedafter(

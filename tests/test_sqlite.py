@@ -14,7 +14,11 @@ from tests.conftest import utc
 pytestmark = pytest.mark.slow
 
 # Differ between any two runs by nature.
-RUN_SPECIFIC = {"etl_runs": {"run_id", "started_at", "finished_at"}, "rejected_events": {"run_id"}}
+RUN_SPECIFIC = {
+    "etl_runs": {"run_id", "started_at", "finished_at"},
+    "rejected_events": {"run_id"},
+    "loaded_extracts": {"uri", "fetched_at", "run_id"},
+}
 
 
 def _duckdb_rows_as_sqlite_values(path, table: str, skip: set[str]) -> tuple[list[str], list]:
@@ -52,7 +56,7 @@ def test_sqlite_and_duckdb_hold_the_same_rows_in_every_table(service: FakeFDSN, 
             )
             == tables
         )
-        assert len(tables) == 9
+        assert len(tables) == 10
         for table in tables:
             names, expected = _duckdb_rows_as_sqlite_values(
                 duck, table, RUN_SPECIFIC.get(table, set())
@@ -97,3 +101,30 @@ def test_an_out_file_of_the_other_format_is_refused(service: FakeFDSN, quakecat,
     code, _, stderr = quakecat(*window, "--format", "sqlite", "--out", str(duck))
     assert code == 2
     assert stderr.startswith(f"quakecat: error: --out {duck} is not a quakecat SQLite database (")
+
+
+def test_either_format_tells_the_next_run_which_extracts_it_holds(
+    service: FakeFDSN, quakecat, tmp_path
+):
+    from pipelines.load import check_database
+
+    window = ("--start", "2024-05-01", "--end", "2024-05-03", "--base-url", service.base_url)
+    duck, lite = tmp_path / "q.duckdb", tmp_path / "q.sqlite"
+    assert quakecat(*window, "--out", str(duck))[0] == 0
+    assert quakecat(*window, "--format", "sqlite", "--out", str(lite))[0] == 0
+    with duckdb.connect(str(duck), read_only=True) as con:
+        rows = con.execute(
+            "SELECT uri, fetched_at, partition FROM loaded_extracts ORDER BY partition"
+        ).fetchall()
+    held = check_database(duck).held
+    assert sorted((e.uri, e.fetched_at, e.partition) for e in held) == rows
+    assert [e.partition for e in sorted(held, key=lambda e: e.partition)] == [
+        "2024-05-01T00:00:00.000Z/2024-05-02T00:00:00.000Z",
+        "2024-05-02T00:00:00.000Z/2024-05-03T00:00:00.000Z",
+    ]
+    # SQLite keeps timestamps as millisecond text: the fetch times come back exactly.
+    held_lite = check_database(lite, "sqlite").held
+    assert len(held_lite) == 2
+    assert all(
+        e.fetched_at.tzinfo is not None and e.fetched_at.microsecond % 1000 == 0 for e in held_lite
+    )

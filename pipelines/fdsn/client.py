@@ -50,7 +50,8 @@ class ClientSettings:
 @dataclass
 class FetchStats:
     # When the fetch happened: a cached extract hands back the stats of the run that fetched it.
-    fetched_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # Milliseconds, as every timestamp the database stores (the archive matches on it).
+    fetched_at: dt.datetime = field(default_factory=lambda: _now_ms())
     requests: int = 0
     retries: int = 0
     splits: int = 0
@@ -63,6 +64,11 @@ class FetchStats:
         self.retries += other.retries
         self.splits += other.splits
         self.bytes_received += other.bytes_received
+
+
+def _now_ms() -> dt.datetime:
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def validate_base_url(url: str) -> str:
