@@ -147,6 +147,26 @@ def test_an_out_file_that_is_not_our_database_exits_2_untouched(quakecat, tmp_pa
     assert out.read_bytes() == b"my notes"
 
 
+def test_an_archive_of_an_older_schema_version_exits_2_untouched(
+    service: FakeFDSN, quakecat, tmp_path
+):
+    out = tmp_path / "q.duckdb"
+    argv = ("--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url)
+    assert quakecat(*argv, "--out", str(out))[0] == 0
+    with duckdb.connect(str(out)) as con:
+        con.execute("UPDATE etl_runs SET schema_version = 1")
+    before = out.read_bytes()
+    service.reset_log()
+    code, _, stderr = quakecat(*argv, "--out", str(out))
+    assert code == 2
+    assert stderr == (
+        f"quakecat: error: --out {out} holds schema version 1, this quakecat writes 2;"
+        " choose another --out or remove it to rebuild\n"
+    )
+    assert out.read_bytes() == before
+    assert service.log == []
+
+
 def test_console_script_reports_one_line_without_traceback(tmp_path):
     result = subprocess.run(
         [
