@@ -8,9 +8,10 @@ import datetime as dt
 import html
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import flyte
@@ -98,45 +99,48 @@ class Archive:
 
 def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None) -> Archive:
     """Raise unless ``path`` is a database of ``fmt`` that this version of quakecat can add to;
-    return what it knows (the search limit of ``base_url``, learned by an earlier run)."""
-    versions = f"SELECT max(schema_version) FROM {ETL_RUNS.name}"
-    last = (
-        f"SELECT max_allowed FROM {ETL_RUNS.name} WHERE base_url = ?"
-        " ORDER BY finished_at DESC LIMIT 1"
-    )
-    extracts = f"SELECT uri, fetched_at, partition FROM {LOADED_EXTRACTS.name}"
+    return what it knows (the search limit of ``base_url``, learned by an earlier run, and the
+    extracts it holds)."""
     try:
         if fmt == "sqlite":
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
-                found = con.execute(versions).fetchall()
-                runs = con.execute(last, [base_url]).fetchall()
-                held = (
-                    [
-                        (uri, dt.datetime.fromisoformat(at), part)
-                        for uri, at, part in con.execute(extracts).fetchall()
-                    ]
-                    if found[0][0] == SCHEMA_VERSION
-                    else []
-                )
+                version, archive = _read_archive(con, base_url, dt.datetime.fromisoformat)
         else:
             with duckdb.connect(str(path), read_only=True) as con:
-                found = con.execute(versions).fetchall()
-                runs = con.execute(last, [base_url]).fetchall()
-                held = con.execute(extracts).fetchall() if found[0][0] == SCHEMA_VERSION else []
+                version, archive = _read_archive(con, base_url, lambda at: at)
     except (duckdb.Error, sqlite3.Error) as exc:
         reason = str(exc).splitlines()[0]
         raise IncompatibleDatabase(
             f"{path} is not a quakecat {'SQLite' if fmt == 'sqlite' else 'DuckDB'} database "
             f"({reason}); choose another --out or remove it"
         ) from None
-    if found[0][0] != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION:
         raise IncompatibleDatabase(
-            f"{path} holds schema version {found[0][0]}, this quakecat writes {SCHEMA_VERSION};"
+            f"{path} holds schema version {version}, this quakecat writes {SCHEMA_VERSION};"
             " choose another --out or remove it to rebuild"
         )
-    return Archive(
+    return archive
+
+
+def _read_archive(
+    con: duckdb.DuckDBPyConnection | sqlite3.Connection,
+    base_url: str | None,
+    timestamp: Callable[[Any], dt.datetime],
+) -> tuple[int | None, Archive]:
+    """The file's schema version, and (for the version this quakecat writes) its ``Archive``;
+    ``timestamp`` reads a stored timestamp (SQLite keeps them as ISO-8601 text)."""
+    ((version,),) = con.execute(f"SELECT max(schema_version) FROM {ETL_RUNS.name}").fetchall()
+    if version != SCHEMA_VERSION:
+        return version, Archive()
+    runs = con.execute(
+        f"SELECT max_allowed FROM {ETL_RUNS.name} WHERE base_url = ?"
+        " ORDER BY finished_at DESC LIMIT 1",
+        [base_url],
+    ).fetchall()
+    held = con.execute(f"SELECT uri, fetched_at, partition FROM {LOADED_EXTRACTS.name}").fetchall()
+    return version, Archive(
         runs[0][0] if runs else None,
-        tuple(ExtractRef(uri, at.astimezone(dt.UTC), part) for uri, at, part in held),
+        tuple(ExtractRef(uri, timestamp(at).astimezone(dt.UTC), part) for uri, at, part in held),
     )
 
 
@@ -205,7 +209,7 @@ def write_duckdb(
             for table in TABLES:
                 con.execute(duckdb_ddl(table))
         _open_incoming(con, events)
-        con.register("refused", _concat(rejects, REJECTS_SCHEMA))
+        con.register("refused", pa.concat_tables([REJECTS_SCHEMA.empty_table(), *rejects]))
         # Statement by statement, not one transaction: DuckDB checks a primary key eagerly,
         # so a delete and re-insert of one key must not share a transaction. The file is a
         # scratch copy until the run succeeds, which is what makes the whole load atomic.
@@ -232,22 +236,15 @@ def _open_incoming(con: duckdb.DuckDBPyConnection, files: Sequence[Path]) -> Non
     if not files:
         con.register("incoming", _INCOMING.schema.empty_table())
         return
-    listed = ", ".join(_sql_string(str(f)) for f in files)
+    paths = [str(f) for f in files]
+    con.register("incoming_rows", con.read_parquet(paths, filename=True, file_row_number=True))
+    con.register("run_files", pa.table({"filename": paths, "file_order": range(len(paths))}))
     con.execute(
         f"""CREATE TEMP VIEW incoming AS
-            SELECT * EXCLUDE (filename, file_row_number),
-                   list_position([{listed}], filename) * {_ROWS_PER_FILE} + file_row_number
-                       AS arrival
-            FROM read_parquet([{listed}], filename = true, file_row_number = true)"""
+            SELECT r.* EXCLUDE (filename, file_row_number),
+                   f.file_order * {_ROWS_PER_FILE} + r.file_row_number AS arrival
+            FROM incoming_rows r JOIN run_files f USING (filename)"""
     )
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _concat(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
-    return pa.concat_tables([schema.empty_table(), *tables])
 
 
 # The columns of ``incoming``; `arrival` orders revisions that tie on `updated`.

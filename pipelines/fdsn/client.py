@@ -47,11 +47,16 @@ class ClientSettings:
     max_body_bytes: int = 256 * 1024 * 1024
 
 
+def _now_ms() -> dt.datetime:
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 @dataclass
 class FetchStats:
     # When the fetch happened: a cached extract hands back the stats of the run that fetched it.
     # Milliseconds, as every timestamp the database stores (the archive matches on it).
-    fetched_at: dt.datetime = field(default_factory=lambda: _now_ms())
+    fetched_at: dt.datetime = field(default_factory=_now_ms)
     requests: int = 0
     retries: int = 0
     splits: int = 0
@@ -64,11 +69,6 @@ class FetchStats:
         self.retries += other.retries
         self.splits += other.splits
         self.bytes_received += other.bytes_received
-
-
-def _now_ms() -> dt.datetime:
-    now = dt.datetime.now(dt.UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def validate_base_url(url: str) -> str:
