@@ -117,7 +117,7 @@ def test_either_format_tells_the_next_run_which_extracts_it_holds(
             "SELECT uri, fetched_at, partition FROM loaded_extracts ORDER BY partition"
         ).fetchall()
     held = check_database(duck).held
-    assert sorted((e.uri, e.fetched_at, e.partition) for e in held) == rows
+    assert sorted((e.uri, e.fetched_at, e.partition) for e in held) == sorted(rows)
     assert [e.partition for e in sorted(held, key=lambda e: e.partition)] == [
         "2024-05-01T00:00:00.000Z/2024-05-02T00:00:00.000Z",
         "2024-05-02T00:00:00.000Z/2024-05-03T00:00:00.000Z",
@@ -125,6 +125,12 @@ def test_either_format_tells_the_next_run_which_extracts_it_holds(
     # SQLite keeps timestamps as millisecond text: the fetch times come back exactly.
     held_lite = check_database(lite, "sqlite").held
     assert len(held_lite) == 2
+    with sqlite3.connect(lite) as con:
+        stored = con.execute("SELECT uri, fetched_at, partition FROM loaded_extracts").fetchall()
+    assert sorted(stored) == sorted(
+        (e.uri, e.fetched_at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", e.partition)
+        for e in held_lite
+    )
     assert all(
         e.fetched_at.tzinfo is not None and e.fetched_at.microsecond % 1000 == 0 for e in held_lite
     )
