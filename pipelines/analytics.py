@@ -14,6 +14,10 @@ Conventions shared by every model:
   epsilon puts float noise just below an edge (``0.7 - 0.4 == 0.29999999999999993``) in the
   bin above, and is far below the 0.01 precision USGS publishes. A bin's magnitude is
   ``index / 10`` as a DOUBLE (its lower edge, the double nearest to e.g. 2.3).
+* Means and variances of ``mag`` are computed from whole hundredths (``mag`` is kept to 0.01,
+  see ``schemas.events``) in integer arithmetic, so they are exact and do not depend on the
+  order rows were loaded in: a run that loads its partitions in another order, or a SQLite
+  archive rebuilt in DuckDB, gives the same value to the last bit.
 * Identifiers and constants below are spelled into SQL text; values (thresholds, labels) are
   bound as parameters, and nothing read from the data is ever formatted into SQL.
 """
@@ -33,6 +37,21 @@ SOURCE = EVENTS.name
 MAG_BIN_WIDTH = 0.1
 # Integer index of the 0.1 bin that holds ``mag``; robust against float error (see above).
 _BIN_INDEX = "CAST(floor(mag * 10 + 1e-9) AS BIGINT)"
+
+
+def _mean_mag(mag: str) -> str:
+    """SQL for the exact mean of ``mag`` (see above); NULL when no row has one."""
+    return f"CAST(sum(CAST(round({mag} * 100) AS BIGINT)) AS DOUBLE) / count({mag}) / 100"
+
+
+def _var_samp_mag(mag: str) -> str:
+    """SQL for the exact sample variance of ``mag``: (n sum(c^2) - sum(c)^2) / (n (n - 1))
+    over whole hundredths c, summed as integers; NULL for fewer than two."""
+    cents = f"CAST(round({mag} * 100) AS HUGEINT)"
+    return (
+        f"CAST(count({mag}) * sum({cents} * {cents}) - sum({cents}) * sum({cents}) AS DOUBLE)"
+        f" / nullif(count({mag}) * (count({mag}) - 1), 0) / 10000"
+    )
 
 GR_MIN_REGION_EVENTS = 50
 GR_MIN_EVENTS_ABOVE_MC = 2
@@ -91,7 +110,7 @@ SELECT date,
        event_type,
        count(*) AS events,
        min(mag) AS min_mag,
-       avg(mag) AS avg_mag,
+       {_mean_mag('mag')} AS avg_mag,
        max(mag) AS max_mag,
        max(depth_km) AS max_depth_km,
        {_CLASS_COUNTS}
@@ -240,8 +259,8 @@ WITH mags AS (
            s.region,
            CAST(c.mc_bin AS DOUBLE) / 10 AS mc,
            count(*) AS n,
-           avg(s.mag) AS mean_mag,
-           var_samp(s.mag) AS var_mag
+           {_mean_mag('s.mag')} AS mean_mag,
+           {_var_samp_mag('s.mag')} AS var_mag
     FROM scoped AS s
     JOIN completeness AS c ON c.scope = s.scope AND c.region IS NOT DISTINCT FROM s.region
     WHERE s.bin >= c.mc_bin
