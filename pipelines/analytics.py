@@ -53,6 +53,7 @@ def _var_samp_mag(mag: str) -> str:
         f" / nullif(count({mag}) * (count({mag}) - 1), 0) / 10000"
     )
 
+
 GR_MIN_REGION_EVENTS = 50
 GR_MIN_EVENTS_ABOVE_MC = 2
 LARGEST_EVENTS_LIMIT = 100
@@ -110,7 +111,7 @@ SELECT date,
        event_type,
        count(*) AS events,
        min(mag) AS min_mag,
-       {_mean_mag('mag')} AS avg_mag,
+       {_mean_mag("mag")} AS avg_mag,
        max(mag) AS max_mag,
        max(depth_km) AS max_depth_km,
        {_CLASS_COUNTS}
@@ -259,8 +260,8 @@ WITH mags AS (
            s.region,
            CAST(c.mc_bin AS DOUBLE) / 10 AS mc,
            count(*) AS n,
-           {_mean_mag('s.mag')} AS mean_mag,
-           {_var_samp_mag('s.mag')} AS var_mag
+           {_mean_mag("s.mag")} AS mean_mag,
+           {_var_samp_mag("s.mag")} AS var_mag
     FROM scoped AS s
     JOIN completeness AS c ON c.scope = s.scope AND c.region IS NOT DISTINCT FROM s.region
     WHERE s.bin >= c.mc_bin

@@ -321,7 +321,8 @@ def _print_summary(summary, out: Path, seconds: float) -> None:
     print(
         f"window      {summary.window_start:%Y-%m-%d %H:%M:%S} -> "
         f"{summary.window_end:%Y-%m-%d %H:%M:%S} UTC\n"
-        f"partitions  {summary.partitions} ({summary.partitions_cached} from cache)\n"
+        f"partitions  {summary.partitions} ({summary.partitions_cached} from cache,"
+        f" {summary.partitions_staged} stored while fetching)\n"
         f"events      {summary.events_loaded:,} loaded, {summary.events_rejected:,} rejected "
         f"({counted}{summary.events_total:,} in the file; {summary.revised_events:,} revised)\n"
         f"requests    {summary.requests:,} ({summary.retries:,} retries, {summary.splits:,} splits,"

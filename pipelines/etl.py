@@ -12,7 +12,7 @@ from flyte.io import DataFrame, File
 from pipelines.envs import driver
 from pipelines.extract import SETTLED, FetchRequest, Source, extract, plan
 from pipelines.fdsn.client import ClientSettings, FetchStats
-from pipelines.load import ExtractRef, RunRecord, load
+from pipelines.load import ExtractRef, RunRecord, load, stage
 from pipelines.plan import Window, check_window
 from pipelines.progress import Progress
 from pipelines.schedule import daily_trigger, kickoff_window_end
@@ -51,6 +51,57 @@ class Processed:
     ref: ExtractRef
 
 
+class Stager:
+    """Adds finished partitions to a working copy of the archive while others still fetch, so
+    that the load at the end has one batch left to add, not the whole run.
+
+    One stage at a time, each building on the copy the one before made; partitions that finish
+    meanwhile wait and go together in the next. The last partitions are left to the load: a
+    stage would only put a task and a copy of the file between them and the load.
+    """
+
+    def __init__(self, run_id: str, previous: File | None, fmt: str):
+        self.run_id = run_id
+        self.archive, self.fmt = previous, fmt
+        self.waiting: list[Processed] = []
+        self.staged = 0
+        self._running: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def add(self, result: Processed) -> None:
+        self.waiting.append(result)
+        if self._running is not None and self._running.done():
+            self._running.result()  # a stage that failed fails the run, here and now
+        if not self._closed and (self._running is None or self._running.done()):
+            self._running = asyncio.create_task(self._drain())
+
+    def fetching_done(self) -> None:
+        """From now on, what waits is the load's."""
+        self._closed = True
+
+    async def _drain(self) -> None:
+        while self.waiting and not self._closed:
+            batch, self.waiting = self.waiting, []
+            with flyte.group("stage"):
+                self.archive = await stage.aio(
+                    [r.events for r in batch], [r.rejects for r in batch], self.run_id,
+                    self.archive, self.fmt,
+                )  # fmt: skip
+            self.fmt = "duckdb"
+            self.staged += len(batch)
+
+    async def close(self) -> tuple[list[Processed], File | None, str]:
+        """Wait for the stage under way; what still waits, and the file to load it into."""
+        self.fetching_done()
+        if self._running is not None:
+            await self._running
+        return self.waiting, self.archive, self.fmt
+
+    def abandon(self) -> None:
+        if self._running is not None:
+            self._running.cancel()
+
+
 @dataclass
 class RunSummary:
     run_id: str
@@ -63,6 +114,8 @@ class RunSummary:
     events_rejected: int
     events_total: int
     partitions_cached: int
+    # Partitions added to the database while others were still fetching.
+    partitions_staged: int
     revised_events: int
     max_allowed: int
     requests: int
@@ -109,6 +162,9 @@ async def etl(
     gate = asyncio.Semaphore(2 * request.client.max_in_flight)
 
     held = {ref.key for ref in incremental.held}
+    run_id = flyte.ctx().action.run_name
+    stager = Stager(run_id, previous, fmt)
+    pending = len(survey.partitions)
 
     async def process(partition: Window, generation: str, since: dt.datetime | None = None):
         # Extract and transform back to back under one gate, which bounds the partitions in
@@ -134,12 +190,22 @@ async def etl(
         return fetched.fetched_at < started_at
 
     async def partition_done(partition: Window) -> Processed:
+        nonlocal pending
         generation = SETTLED if settled and partition.end <= settled else incremental.generation
         result = await process(partition, generation)
         board.advance(result.stats, cached=from_cache(result.stats))
+        pending -= 1
+        if not pending:
+            stager.fetching_done()
+        if result.events is not None:
+            stager.add(result)
         return result
 
-    processed = list(await asyncio.gather(*(partition_done(p) for p in survey.partitions)))
+    try:
+        processed = list(await asyncio.gather(*(partition_done(p) for p in survey.partitions)))
+    except BaseException:
+        stager.abandon()
+        raise
     board.finish()
     reused = [
         (partition, result.stats.fetched_at)
@@ -157,9 +223,8 @@ async def etl(
             stats.add(result.stats)
     cached = len(reused)
     revised = sum(result.stats.events for result in revisions)
-    loading = [result for result in processed if result.events is not None]
+    loading, archive, archive_fmt = await stager.close()
 
-    run_id = flyte.ctx().action.run_name
     record = RunRecord(
         run_id=run_id,
         started_at=started_at,
@@ -172,13 +237,14 @@ async def etl(
         max_allowed=survey.max_allowed,
         stats=stats,
         code_version=CODE_VERSION,
-        extracts=[result.ref for result in loading],
+        extracts=[result.ref for result in processed if result.events is not None],
     )
     # The revisions load after the partitions: on a tie of `updated` the later arrival wins.
     loading += revisions
     database, report, counts = await load.aio(
-        [r.events for r in loading], [r.rejects for r in loading], record, previous, fmt
-    )
+        [r.events for r in loading], [r.rejects for r in loading], record, archive, fmt,
+        archive_fmt,
+    )  # fmt: skip
     return (
         database,
         report,
@@ -193,6 +259,7 @@ async def etl(
             events_rejected=counts.rejected,
             events_total=counts.total,
             partitions_cached=cached,
+            partitions_staged=stager.staged,
             revised_events=revised,
             max_allowed=survey.max_allowed,
             requests=stats.requests,

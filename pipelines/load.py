@@ -8,7 +8,7 @@ import datetime as dt
 import html
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,14 @@ CREATE TEMP TABLE run_winners AS
     FROM incoming
     QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated DESC, arrival DESC) = 1
 """
+# One event can come twice in a run under two preferred ids (its id changed between two
+# fetches): the newer copy, which names the old id among its ids, is the event.
+_RENAMED_IN_RUN = """
+DELETE FROM run_winners WHERE id IN (
+    SELECT id FROM (
+        SELECT id, unnest(aliases) AS alias, updated, arrival FROM run_winners)
+    QUALIFY row_number() OVER (PARTITION BY alias ORDER BY updated DESC, arrival DESC) > 1)
+"""
 _STORED_OVERLAP = f"SELECT count(*) FROM run_winners WHERE id IN (SELECT id FROM {EVENTS.name})"
 # Rows already stored exactly as they are (a re-run over the same window) are left alone:
 # deleting from a keyed table is the dear part. Only ids the file already holds are compared.
@@ -191,16 +199,51 @@ INSERT INTO {EVENT_IDS.name}
 _COLUMNS = ", ".join(f'"{name}"' for name in EVENTS_SCHEMA.names)
 
 
+# A working copy's record of the ids this run has loaded so far, kept between the run's load
+# tasks (it never reaches a published file: the last load drops it). `changed` says whether
+# the run wrote the event or found it stored as it is.
+_STAGED = Table(
+    "_staged_ids",
+    pa.schema([pa.field("id", pa.string()), pa.field("changed", pa.bool_(), nullable=False)]),
+    "one row per id per batch of this run",
+    (),
+)
+
+
+def stage_duckdb(path: Path, events: Sequence[Path], rejects: Iterable[pa.Table], run_id: str):
+    """Add one batch of a run's partitions to the working copy at ``path`` (created when
+    absent), while the rest of the run is still fetching; ``write_duckdb`` adds the last one.
+
+    ``events`` are Parquet files of ``EVENTS_SCHEMA`` rows, in the order they arrived.
+    DuckDB streams them, so memory holds the batch's keys, never its rows.
+    """
+    with _open(path) as con:
+        _upsert(con, events, rejects, run_id)
+
+
 def write_duckdb(
     path: Path, events: Sequence[Path], rejects: Iterable[pa.Table], run: RunRecord
 ) -> LoadCounts:
-    """Create the database at ``path``, or add this run to the one already there.
+    """Add the run's last batch to ``path`` (a new database, an archive, or a working copy
+    that earlier batches were staged into) and finish it: counts, analytics, the run's row."""
+    with _open(path) as con:
+        _upsert(con, events, rejects, run.run_id)
+        # The analytics derive from `events` alone: a run that changed no event (a re-run
+        # over settled, cached months) keeps them as they are.
+        ((changed,),) = con.execute(f"SELECT count(*) FROM {_STAGED.name} WHERE changed").fetchall()
+        if changed:
+            materialise(con)
+        counts = _count(con, run.run_id)
+        _record_run(con, run, counts)
+        con.execute(f"DROP TABLE {_STAGED.name}")
+    return counts
 
-    ``events`` are the run's Parquet files of ``EVENTS_SCHEMA`` rows, in the order they arrived.
-    DuckDB streams them, so memory holds the run's keys, never its rows.
-    """
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     fresh = not path.exists()
-    if not fresh:
+    working = not fresh and _is_working_copy(path)
+    if not fresh and not working:
         check_database(path)
     with duckdb.connect(str(path)) as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -208,27 +251,47 @@ def write_duckdb(
         if fresh:
             for table in TABLES:
                 con.execute(duckdb_ddl(table))
-        _open_incoming(con, events)
-        con.register("refused", pa.concat_tables([REJECTS_SCHEMA.empty_table(), *rejects]))
-        # Statement by statement, not one transaction: DuckDB checks a primary key eagerly,
-        # so a delete and re-insert of one key must not share a transaction. The file is a
-        # scratch copy until the run succeeds, which is what makes the whole load atomic.
-        con.execute(_WINNERS)
-        ((overlap,),) = con.execute(_STORED_OVERLAP).fetchall()
-        if overlap:
-            con.execute(_UNCHANGED.format(columns=_COLUMNS))
-        for statement in filter(str.strip, _UPSERT.format(columns=_COLUMNS).split(";")):
-            con.execute(statement)
-        con.execute(f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM refused", [run.run_id])
-        # The analytics derive from `events` alone: a run that changed no event (a re-run
-        # over settled, cached months) keeps them as they are.
-        ((changed,),) = con.execute("SELECT count(*) FROM run_winners").fetchall()
-        if fresh or changed:
             materialise(con)
-        counts = _count(con)
-        _record_run(con, run, counts)
-        con.unregister("refused")
-    return counts
+        if not working:
+            con.execute(duckdb_ddl(_STAGED))
+        yield con
+
+
+def _is_working_copy(path: Path) -> bool:
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            found = con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [_STAGED.name]
+            ).fetchall()
+    except duckdb.Error:
+        return False  # not DuckDB at all: check_database says so
+    return found == [(1,)]
+
+
+def _upsert(
+    con: duckdb.DuckDBPyConnection,
+    events: Sequence[Path],
+    rejects: Iterable[pa.Table],
+    run_id: str,
+) -> None:
+    _open_incoming(con, events)
+    con.register("refused", pa.concat_tables([REJECTS_SCHEMA.empty_table(), *rejects]))
+    # Statement by statement, not one transaction: DuckDB checks a primary key eagerly, so a
+    # delete and re-insert of one key must not share a transaction. The file is a scratch copy
+    # until the run succeeds, which is what makes the whole load atomic.
+    con.execute(_WINNERS)
+    con.execute(_RENAMED_IN_RUN)
+    ((overlap,),) = con.execute(_STORED_OVERLAP).fetchall()
+    if overlap:
+        con.execute(_UNCHANGED.format(columns=_COLUMNS))
+    for statement in filter(str.strip, _UPSERT.format(columns=_COLUMNS).split(";")):
+        con.execute(statement)
+    con.execute(
+        f"""INSERT INTO {_STAGED.name}
+            SELECT DISTINCT id, id IN (SELECT id FROM run_winners) FROM incoming"""
+    )
+    con.execute(f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM refused", [run_id])
+    con.unregister("refused")
 
 
 def _open_incoming(con: duckdb.DuckDBPyConnection, files: Sequence[Path]) -> None:
@@ -257,14 +320,16 @@ _INCOMING = Table(
 _ROWS_PER_FILE = 1 << 32
 
 
-def _count(con: duckdb.DuckDBPyConnection) -> LoadCounts:
+def _count(con: duckdb.DuckDBPyConnection, run_id: str) -> LoadCounts:
     received, accepted, total = con.execute(
-        f"""SELECT
-             (SELECT count(DISTINCT id) FROM (SELECT id FROM incoming UNION ALL
+        f"""WITH refused AS (SELECT id FROM {REJECTED_EVENTS.name} WHERE run_id = ?)
+            SELECT
+             (SELECT count(DISTINCT id) FROM (SELECT id FROM {_STAGED.name} UNION ALL
                 SELECT id FROM refused WHERE id IS NOT NULL))
              + (SELECT count(*) FROM refused WHERE id IS NULL),
-             (SELECT count(DISTINCT id) FROM incoming),
-             (SELECT count(*) FROM {EVENTS.name})"""
+             (SELECT count(DISTINCT id) FROM {_STAGED.name}),
+             (SELECT count(*) FROM {EVENTS.name})""",
+        [run_id],
     ).fetchall()[0]
     return LoadCounts(received, accepted, received - accepted, total)
 
@@ -311,6 +376,23 @@ def _record_run(con: duckdb.DuckDBPyConnection, run: RunRecord, counts: LoadCoun
     con.execute(f"INSERT INTO {LOADED_EXTRACTS.name} SELECT * FROM run_extracts")
 
 
+@worker.task
+def stage(
+    events: list[DataFrame],
+    rejects: list[DataFrame],
+    run_id: str,
+    previous: File | None = None,
+    previous_fmt: str = "duckdb",
+) -> File:
+    """Add a batch of partitions to a working copy of ``previous`` (or a new database) while
+    the run is still fetching, so that the load at the end has only the last batch to add.
+    The copy is DuckDB whatever the archive's format, and is never published as it is."""
+    with tempfile.TemporaryDirectory(prefix="quakecat-stage-") as scratch:
+        work = _working_copy(previous, previous_fmt, Path(scratch))
+        stage_duckdb(work, _local_events(events, scratch), _tables(rejects), run_id)
+        return File.from_local_sync(work, remote_destination=File.new_remote("staged.duckdb").path)
+
+
 @worker.task(report=True)
 def load(
     events: list[DataFrame],
@@ -318,20 +400,14 @@ def load(
     run: RunRecord,
     previous: File | None = None,
     fmt: str = "duckdb",
+    previous_fmt: str | None = None,
 ) -> tuple[File, File, LoadCounts]:
-    """Add the run to a copy of ``previous`` (or a new database) and hand the copy on, with
-    its HTML report (also shown as this task's Flyte report)."""
+    """Add the run's last batch to a copy of ``previous`` (the archive, a working copy that
+    ``stage`` made, or nothing: a new database; ``previous_fmt`` when not ``fmt``), finish it,
+    and hand it on with its HTML report (also shown as this task's Flyte report)."""
     with tempfile.TemporaryDirectory(prefix="quakecat-load-") as scratch:
-        work = Path(scratch) / "quakes.duckdb"
-        if previous is not None:
-            if fmt == "sqlite":
-                previous.download_sync(str(work.with_suffix(".previous")))
-                import_sqlite(work.with_suffix(".previous"), work)
-            else:
-                previous.download_sync(str(work))
-        partitions = [f for n, frame in enumerate(events) for f in _parquet(frame, scratch, n)]
-        refused = (frame.open(pa.Table).all_sync() for frame in rejects)
-        counts = write_duckdb(work, partitions, refused, run)
+        work = _working_copy(previous, previous_fmt or fmt, Path(scratch))
+        counts = write_duckdb(work, _local_events(events, scratch), _tables(rejects), run)
         result = work
         if fmt == "sqlite":
             result = work.with_suffix(".sqlite")
@@ -352,6 +428,26 @@ def load(
         )
         report = File.from_local_sync(page, remote_destination=File.new_remote("report.html").path)
     return database, report, counts
+
+
+def _working_copy(previous: File | None, fmt: str, scratch: Path) -> Path:
+    """A DuckDB file in ``scratch`` to write to: a copy of ``previous``, or not there yet."""
+    work = scratch / "quakes.duckdb"
+    if previous is not None:
+        if fmt == "sqlite":
+            previous.download_sync(str(work.with_suffix(".previous")))
+            import_sqlite(work.with_suffix(".previous"), work)
+        else:
+            previous.download_sync(str(work))
+    return work
+
+
+def _local_events(events: list[DataFrame], scratch: str) -> list[Path]:
+    return [f for n, frame in enumerate(events) for f in _parquet(frame, scratch, n)]
+
+
+def _tables(frames: list[DataFrame]) -> Iterator[pa.Table]:
+    return (frame.open(pa.Table).all_sync() for frame in frames)
 
 
 def _parquet(frame: DataFrame, scratch: str, n: int) -> list[Path]:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,6 +84,40 @@ def test_multi_day_window_loads_exactly_what_the_service_holds(
     assert page.startswith("<!DOCTYPE html>")
     assert f"{len(expected):,}" in page
     assert [r.path for r in service.log] == ["count", "query", "query", "query"]
+
+
+def test_partitions_stored_while_later_ones_fetch_give_the_file_a_fast_run_gives(
+    may_catalogue: Catalogue, quakecat, tmp_path
+):
+    window = ("--start", "2024-05-01", "--end", "2024-05-04")
+    slow, fast = tmp_path / "slow.duckdb", tmp_path / "fast.duckdb"
+    # One request at a time, each slower than a stage: every partition but the last arrives
+    # while another is fetching.
+    with FakeFDSN(may_catalogue, latency_s=0.5) as service:
+        code, stdout, stderr = quakecat(
+            *window, "--base-url", service.base_url, "--out", str(slow), "--max-in-flight", "1"
+        )
+    assert (code, stderr) == (0, "")
+    staged = re.search(
+        r"^partitions  3 \(0 from cache, (\d) stored while fetching\)$", stdout, re.M
+    )
+    # The first is always stored before the next arrives; the second when its stage began
+    # before the last partition arrived; the last one is the load's.
+    assert staged and staged[1] in ("1", "2")
+    with FakeFDSN(may_catalogue) as service:
+        assert quakecat(*window, "--base-url", service.base_url, "--out", str(fast))[0] == 0
+
+    expected = may_catalogue.count(utc(2024, 5, 1), utc(2024, 5, 4))
+    tables = ["events", "event_ids", *ANALYTICS_TABLES]
+    with (
+        duckdb.connect(str(slow), read_only=True) as a,
+        duckdb.connect(str(fast), read_only=True) as b,
+    ):
+        assert a.execute("SELECT count(*) FROM events").fetchall() == [(expected,)]
+        assert a.execute("SELECT events_received FROM etl_runs").fetchall() == [(expected,)]
+        for table in tables:
+            rows = f"SELECT * FROM {table} ORDER BY ALL"
+            assert a.execute(rows).fetchall() == b.execute(rows).fetchall(), table
 
 
 def test_start_after_end_exits_2_and_writes_nothing(quakecat, tmp_path):

@@ -1,0 +1,164 @@
+"""Staging: a run added to the file in batches, while it still fetches, gives the file that
+one load of the whole run gives, revisions, ties and changed ids included."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pipelines.analytics import ANALYTICS_TABLES
+from pipelines.clean import REJECTS_SCHEMA
+from pipelines.fdsn.client import FetchStats
+from pipelines.load import LoadCounts, RunRecord, check_database, stage_duckdb, write_duckdb
+from pipelines.plan import Window
+from pipelines.transform import derive
+from schemas.events import RECORD_SCHEMA
+from schemas.tables import ETL_RUNS, TABLES
+from tests.conftest import parquet_files, utc
+
+
+def at(hour: int) -> dt.datetime:
+    return utc(2024, 5, 1, hour)
+
+
+def event(id_: str, hour: int, updated: int, place: str, ids: list[str] | None = None):
+    row = dict.fromkeys(RECORD_SCHEMA.names)
+    row.update(id=id_, time=at(hour), updated=at(updated), place=place, ids=ids or [id_])
+    row.update(mag=1.0 + hour / 10, longitude=-116.8, latitude=33.5, depth_km=5.0)
+    return row
+
+
+def reject(id_: str | None) -> pa.Table:
+    row = dict.fromkeys(REJECTS_SCHEMA.names)
+    row.update(partition="p", id=id_, reason="bad", raw_json="{}")
+    return pa.Table.from_pylist([row], schema=REJECTS_SCHEMA)
+
+
+# Three partitions of one run, in the order they arrived.
+BATCHES = [
+    [
+        event("ev1", 1, 1, "first"),
+        event("ev2", 2, 2, "as first sent"),
+        event("ak1", 3, 3, "under its old id"),
+    ],
+    [
+        event("ev1", 1, 5, "revised"),  # newer: replaces the first batch's row
+        event("ev2", 2, 2, "resent, same updated"),  # a tie: the later arrival wins
+        event("us1", 3, 6, "under its new id", ["ak1", "us1"]),  # the preferred id changed
+    ],
+    [
+        event("ev1", 1, 0, "an older copy"),  # older than what is stored: ignored
+        event("ev3", 4, 4, "only here"),
+    ],
+]
+REJECTS = [[reject("bad1")], [reject("bad1"), reject(None)], []]
+
+
+def run_record(run_id: str) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        started_at=at(10),
+        window=Window(at(0), at(12)),
+        base_url="http://127.0.0.1/fdsnws/event/1",
+        min_magnitude=None,
+        partitions=3,
+        stats=FetchStats(),
+        code_version="test",
+    )
+
+
+def partition_files(directory: Path, batches: list[list[dict[str, Any]]]) -> list[Path]:
+    tables = [derive(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)) for rows in batches]
+    return parquet_files(tables, directory)
+
+
+def in_batches(path: Path, files: list[Path], run: RunRecord) -> LoadCounts:
+    """As the pipeline does when every partition arrives while another is still fetching."""
+    for n in range(len(files) - 1):
+        stage_duckdb(path, files[n : n + 1], REJECTS[n], run.run_id)
+    return write_duckdb(path, files[-1:], REJECTS[-1], run)
+
+
+def at_once(path: Path, files: list[Path], run: RunRecord) -> LoadCounts:
+    return write_duckdb(path, files, [r for batch in REJECTS for r in batch], run)
+
+
+def contents(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table, rows sorted; the run's own row without its finishing time."""
+    tables = [t.name for t in TABLES] + list(ANALYTICS_TABLES)
+    with duckdb.connect(str(path), read_only=True) as con:
+        names = {n for (n,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        assert names == set(tables)  # nothing of the staging is left behind
+        return {
+            name: con.execute(
+                f"SELECT * EXCLUDE (finished_at) FROM {name} ORDER BY ALL"
+                if name == ETL_RUNS.name
+                else f"SELECT * FROM {name} ORDER BY ALL"
+            ).fetchall()
+            for name in tables
+        }
+
+
+def test_a_run_staged_in_batches_writes_the_file_one_load_writes(tmp_path: Path) -> None:
+    files = partition_files(tmp_path / "parts", BATCHES)
+    staged, whole = tmp_path / "staged.duckdb", tmp_path / "whole.duckdb"
+    staged_counts = in_batches(staged, files, run_record("run-1"))
+    whole_counts = at_once(whole, files, run_record("run-1"))
+
+    # Received: ev1, ev2, ak1, us1, ev3 and the refused bad1 (once) and one without an id.
+    assert staged_counts == whole_counts == LoadCounts(received=7, loaded=5, rejected=2, total=4)
+    assert contents(staged) == contents(whole)
+    with duckdb.connect(str(staged), read_only=True) as con:
+        assert con.execute("SELECT id, place FROM events ORDER BY id").fetchall() == [
+            ("ev1", "revised"),
+            ("ev2", "resent, same updated"),
+            ("ev3", "only here"),
+            ("us1", "under its new id"),
+        ]
+        assert con.execute("SELECT alias, id FROM event_ids ORDER BY alias").fetchall() == [
+            ("ak1", "us1"),
+            ("ev1", "ev1"),
+            ("ev2", "ev2"),
+            ("ev3", "ev3"),
+            ("us1", "us1"),
+        ]
+    assert check_database(staged).max_allowed is None
+
+
+def test_a_run_staged_into_an_archive_adds_what_one_load_adds(tmp_path: Path) -> None:
+    first = partition_files(
+        tmp_path / "first", [[event("ak1", 3, 3, "old"), event("x", 5, 1, "x")]]
+    )
+    archive = tmp_path / "archive.duckdb"
+    write_duckdb(archive, first, [], dataclasses.replace(run_record("run-0"), partitions=1))
+    staged, whole = tmp_path / "staged.duckdb", tmp_path / "whole.duckdb"
+    shutil.copyfile(archive, staged)
+    shutil.copyfile(archive, whole)
+    files = partition_files(tmp_path / "parts", BATCHES)
+
+    staged_counts = in_batches(staged, files, run_record("run-1"))
+    assert staged_counts == at_once(whole, files, run_record("run-1"))
+    assert staged_counts == LoadCounts(received=7, loaded=5, rejected=2, total=5)
+    assert contents(staged) == contents(whole)
+    with duckdb.connect(str(staged), read_only=True) as con:
+        # The stored ak1 became us1 (newer, and it names ak1 among its ids); x is untouched.
+        assert con.execute("SELECT id, place FROM events ORDER BY id").fetchall() == [
+            ("ev1", "revised"),
+            ("ev2", "resent, same updated"),
+            ("ev3", "only here"),
+            ("us1", "under its new id"),
+            ("x", "x"),
+        ]
+        assert con.execute("SELECT id FROM event_ids WHERE alias = 'ak1'").fetchall() == [("us1",)]
+        assert con.execute(
+            "SELECT run_id, events_received FROM etl_runs ORDER BY ALL"
+        ).fetchall() == [
+            ("run-0", 2),
+            ("run-1", 7),
+        ]
