@@ -28,7 +28,7 @@ from pipelines.fdsn.client import FetchStats
 from pipelines.plan import Window
 from pipelines.report import write_report
 from pipelines.sqlite import export_sqlite, import_sqlite
-from schemas.events import EVENTS_SCHEMA, SCHEMA_VERSION
+from schemas.events import EVENTS_SCHEMA, SCHEMA_VERSION, STRING_LIST
 from schemas.tables import (
     ETL_RUNS,
     EVENT_IDS,
@@ -199,15 +199,16 @@ INSERT INTO {EVENT_IDS.name}
 _COLUMNS = ", ".join(f'"{name}"' for name in EVENTS_SCHEMA.names)
 
 
-# A working copy's record of the ids this run has loaded so far, kept between the run's load
-# tasks (it never reaches a published file: the last load drops it). `changed` says whether
-# the run wrote the event or found it stored as it is.
+# A working copy's record of the batches of this run it holds, kept between the run's load
+# tasks (it never reaches a published file: the last load drops it): the ids each batch
+# brought, and how many of them it wrote (the rest were stored already, as they are or newer).
 _STAGED = Table(
-    "_staged_ids",
-    pa.schema([pa.field("id", pa.string()), pa.field("changed", pa.bool_(), nullable=False)]),
-    "one row per id per batch of this run",
+    "_staged_batches",
+    pa.schema([pa.field("ids", STRING_LIST, nullable=False), pa.field("changed", pa.int64())]),
+    "one row per batch of this run",
     (),
 )
+_STAGED_IDS = f"(SELECT unnest(ids) AS id FROM {_STAGED.name})"
 
 
 def stage_duckdb(path: Path, events: Sequence[Path], rejects: Iterable[pa.Table], run_id: str):
@@ -230,7 +231,7 @@ def write_duckdb(
         _upsert(con, events, rejects, run.run_id)
         # The analytics derive from `events` alone: a run that changed no event (a re-run
         # over settled, cached months) keeps them as they are.
-        ((changed,),) = con.execute(f"SELECT count(*) FROM {_STAGED.name} WHERE changed").fetchall()
+        ((changed,),) = con.execute(f"SELECT sum(changed) FROM {_STAGED.name}").fetchall()
         if changed:
             materialise(con)
         counts = _count(con, run.run_id)
@@ -280,6 +281,9 @@ def _upsert(
     # delete and re-insert of one key must not share a transaction. The file is a scratch copy
     # until the run succeeds, which is what makes the whole load atomic.
     con.execute(_WINNERS)
+    con.execute(
+        "CREATE TEMP TABLE run_ids AS SELECT coalesce(list(id), []) AS ids FROM run_winners"
+    )
     con.execute(_RENAMED_IN_RUN)
     ((overlap,),) = con.execute(_STORED_OVERLAP).fetchall()
     if overlap:
@@ -287,8 +291,7 @@ def _upsert(
     for statement in filter(str.strip, _UPSERT.format(columns=_COLUMNS).split(";")):
         con.execute(statement)
     con.execute(
-        f"""INSERT INTO {_STAGED.name}
-            SELECT DISTINCT id, id IN (SELECT id FROM run_winners) FROM incoming"""
+        f"INSERT INTO {_STAGED.name} SELECT ids, (SELECT count(*) FROM run_winners) FROM run_ids"
     )
     con.execute(f"INSERT INTO {REJECTED_EVENTS.name} SELECT ?, * FROM refused", [run_id])
     con.unregister("refused")
@@ -324,10 +327,10 @@ def _count(con: duckdb.DuckDBPyConnection, run_id: str) -> LoadCounts:
     received, accepted, total = con.execute(
         f"""WITH refused AS (SELECT id FROM {REJECTED_EVENTS.name} WHERE run_id = ?)
             SELECT
-             (SELECT count(DISTINCT id) FROM (SELECT id FROM {_STAGED.name} UNION ALL
+             (SELECT count(DISTINCT id) FROM (SELECT id FROM {_STAGED_IDS} UNION ALL
                 SELECT id FROM refused WHERE id IS NOT NULL))
              + (SELECT count(*) FROM refused WHERE id IS NULL),
-             (SELECT count(DISTINCT id) FROM {_STAGED.name}),
+             (SELECT count(DISTINCT id) FROM {_STAGED_IDS}),
              (SELECT count(*) FROM {EVENTS.name})""",
         [run_id],
     ).fetchall()[0]
