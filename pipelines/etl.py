@@ -16,6 +16,7 @@ from pipelines.load import ExtractRef, RunRecord, load, stage
 from pipelines.plan import Window, check_window
 from pipelines.progress import Progress
 from pipelines.schedule import daily_trigger, kickoff_window_end
+from pipelines.task_fields import default
 from pipelines.transform import transform
 from pipelines.version import CODE_VERSION
 
@@ -29,14 +30,14 @@ class Incremental:
     """What a run knows about the archive it adds to (all empty for a new archive)."""
 
     # Partitions that end at or before this are settled: cached for every later run.
-    settle_before: dt.datetime | None = None
+    settle_before: dt.datetime | None = default(None)
     # Keys the cache of unsettled partitions: the same until a run of the archive succeeds, so
     # that only a restart of an interrupted run reuses them.
-    generation: str = "unsettled"
+    generation: str = default("unsettled")
     # The service's search limit, when the archive has learned it (saves the count request).
-    max_allowed: int | None = None
+    max_allowed: int | None = default(None)
     # Where partition outputs that must outlive the run are kept ("" = the run's raw data).
-    store: str = ""
+    store: str = default("")
     # Extracts the archive has already taken in: handed back by the cache, they are skipped.
     held: list[ExtractRef] = field(default_factory=list)
 

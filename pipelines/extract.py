@@ -24,13 +24,14 @@ from pipelines.envs import worker
 from pipelines.errors import BadBody, QuakecatError
 from pipelines.fdsn.client import ClientSettings, FdsnClient, FetchStats, client_for
 from pipelines.plan import Window, partition_grid, service_time
+from pipelines.task_fields import default
 from schemas.events import SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
 class FetchRequest:
     client: ClientSettings
-    min_magnitude: float | None = None
+    min_magnitude: float | None = default(None)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Source:
 
     base_url: str
     min_magnitude: float | None
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = default(SCHEMA_VERSION)
 
     @classmethod
     def of(cls, request: FetchRequest) -> Source:

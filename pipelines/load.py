@@ -28,6 +28,7 @@ from pipelines.fdsn.client import FetchStats
 from pipelines.plan import Window
 from pipelines.report import write_report
 from pipelines.sqlite import export_sqlite, import_sqlite
+from pipelines.task_fields import default
 from schemas.events import EVENTS_SCHEMA, SCHEMA_VERSION, STRING_LIST
 from schemas.tables import (
     ETL_RUNS,
@@ -48,7 +49,7 @@ class ExtractRef:
 
     uri: str
     fetched_at: dt.datetime
-    partition: str = ""
+    partition: str = default("")
 
     @property
     def key(self) -> tuple[str, dt.datetime]:
@@ -67,9 +68,9 @@ class RunRecord:
     partitions: int
     stats: FetchStats
     code_version: str
-    partitions_cached: int = 0
-    revised_events: int = 0
-    max_allowed: int = 20_000
+    partitions_cached: int = default(0)
+    revised_events: int = default(0)
+    max_allowed: int = default(20_000)
     # The extracts whose rows this run loads (the revisions query is never reused, so absent).
     extracts: list[ExtractRef] = field(default_factory=list)
 

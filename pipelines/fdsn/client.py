@@ -22,6 +22,7 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
 from pipelines.errors import BadBody, QuakecatError, UsageError
+from pipelines.task_fields import default
 from pipelines.version import USER_AGENT
 
 T = TypeVar("T")
@@ -34,17 +35,17 @@ _EMPTY_COLLECTION = b'{"type":"FeatureCollection","features":[]}'
 
 @dataclass(frozen=True)
 class ClientSettings:
-    base_url: str = USGS_BASE_URL
-    connect_timeout_s: float = 10.0
+    base_url: str = default(USGS_BASE_URL)
+    connect_timeout_s: float = default(10.0)
     # Local Flyte does not enforce task timeouts: this is the only guard against a hung answer.
-    read_timeout_s: float = 120.0
-    max_attempts: int = 6
-    backoff_s: float = 1.0
+    read_timeout_s: float = default(120.0)
+    max_attempts: int = default(6)
+    backoff_s: float = default(1.0)
     # Caps every single wait, Retry-After included, so the total wait is <= attempts x this.
-    max_backoff_s: float = 60.0
-    max_in_flight: int = 4
-    max_per_5min: int = 500
-    max_body_bytes: int = 256 * 1024 * 1024
+    max_backoff_s: float = default(60.0)
+    max_in_flight: int = default(4)
+    max_per_5min: int = default(500)
+    max_body_bytes: int = default(256 * 1024 * 1024)
 
 
 def _now_ms() -> dt.datetime:
@@ -57,11 +58,11 @@ class FetchStats:
     # When the fetch happened: a cached extract hands back the stats of the run that fetched it.
     # Milliseconds, as every timestamp the database stores (the archive matches on it).
     fetched_at: dt.datetime = field(default_factory=_now_ms)
-    requests: int = 0
-    retries: int = 0
-    splits: int = 0
-    bytes_received: int = 0
-    events: int = 0
+    requests: int = default(0)
+    retries: int = default(0)
+    splits: int = default(0)
+    bytes_received: int = default(0)
+    events: int = default(0)
 
     def add(self, other: FetchStats) -> None:
         self.events += other.events
