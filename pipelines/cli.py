@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import os
 import shutil
@@ -379,6 +380,15 @@ def _user_message(exc: BaseException) -> str:
     return str(exc)
 
 
+def entry_point() -> int:
+    """The console script and ``python -m pipelines.cli``: one command, then the process ends."""
+    # What the imports built (Flyte, polars, altair, ...) lives as long as the process: out of
+    # the collector's sight, full collections during the run and the one at exit skip it
+    # (0.15 s of every exit).
+    gc.freeze()
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
@@ -404,4 +414,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())
