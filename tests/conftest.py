@@ -5,13 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
+from pipelines.fdsn.client import FetchStats
 from pipelines.fdsn.fake import Catalogue, FakeFDSN, generate_catalogue
+from pipelines.load import RunRecord
+from pipelines.plan import Window
 
 UTC = dt.UTC
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "usgs-real"
@@ -28,6 +32,20 @@ def parquet_files(tables: list[pa.Table], directory: Path, stem: str = "part") -
     for table, path in zip(tables, paths, strict=True):
         pq.write_table(table, path)
     return paths
+
+
+def run_record(run_id: str, window: Window, **fields: Any) -> RunRecord:
+    """What the driver hands a load, for a load a test calls directly: ``fields`` replace the
+    plain values (a local service, no filter, one partition, started as the window ends)."""
+    plain = {
+        "started_at": window.end,
+        "base_url": "http://127.0.0.1/fdsnws/event/1",
+        "min_magnitude": None,
+        "partitions": 1,
+        "stats": FetchStats(),
+        "code_version": "test",
+    }
+    return RunRecord(run_id=run_id, window=window, **{**plain, **fields})
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import pytest
 from pipelines.clean import Cleaned, clean_body
 from pipelines.errors import BadBody
 from schemas.events import RECORD, RECORD_SCHEMA
-from tests.conftest import parquet_files
+from tests.conftest import parquet_files, run_record
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "usgs-real"
 if not DATA.is_dir():
@@ -277,19 +277,14 @@ def _revised() -> dict[str, dict[str, Any]]:
 
 
 def _run(run_id: str):
-    from pipelines.fdsn.client import FetchStats
-    from pipelines.load import RunRecord
     from pipelines.plan import Window
 
-    return RunRecord(
-        run_id=run_id,
+    return run_record(
+        run_id,
+        Window(dt.datetime(2022, 12, 18, tzinfo=UTC), dt.datetime(2022, 12, 20, tzinfo=UTC)),
         started_at=dt.datetime(2022, 12, 19, 18, 7, tzinfo=UTC),
-        window=Window(dt.datetime(2022, 12, 18, tzinfo=UTC), dt.datetime(2022, 12, 20, tzinfo=UTC)),
         base_url="https://earthquake.usgs.gov",
         min_magnitude=2.5,
-        partitions=1,
-        stats=FetchStats(),
-        code_version="test",
     )
 
 

@@ -18,13 +18,12 @@ import pytest
 
 from pipelines import report
 from pipelines.clean import REJECTS_SCHEMA
-from pipelines.fdsn.client import FetchStats
-from pipelines.load import RunRecord, write_duckdb
+from pipelines.load import write_duckdb
 from pipelines.plan import Window
 from pipelines.report import render_report, write_report
 from pipelines.transform import derive
 from schemas.events import RECORD_SCHEMA
-from tests.conftest import parquet_files
+from tests.conftest import parquet_files, run_record
 
 UTC = dt.UTC
 CHROMIUM = Path("/usr/bin/chromium")
@@ -62,19 +61,6 @@ DAILY = {
 }
 
 
-def run_record(run_id: str = "run-1") -> RunRecord:
-    return RunRecord(
-        run_id=run_id,
-        started_at=at(4),
-        window=Window(at(1), at(4)),
-        base_url="http://127.0.0.1/fdsnws/event/1",
-        min_magnitude=None,
-        partitions=3,
-        stats=FetchStats(),
-        code_version="test",
-    )
-
-
 def reject(id_: str) -> pa.Table:
     row = dict.fromkeys(REJECTS_SCHEMA.names)
     row.update(partition="2024-05-01/2024-05-02", id=id_, reason="bad", raw_json="{}")
@@ -84,7 +70,12 @@ def reject(id_: str) -> pa.Table:
 def database(path: Path, rows: list[dict[str, Any]], rejects: int = 0) -> Path:
     events = [derive(pa.Table.from_pylist(rows, schema=RECORD_SCHEMA))] if rows else []
     files = parquet_files(events, path.with_name(f"{path.stem}-parts"))
-    write_duckdb(path, files, [reject(f"bad{i}") for i in range(rejects)], run_record())
+    write_duckdb(
+        path,
+        files,
+        [reject(f"bad{i}") for i in range(rejects)],
+        run_record("run-1", Window(at(1), at(4)), partitions=3),
+    )
     return path
 
 

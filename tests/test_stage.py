@@ -3,7 +3,6 @@ one load of the whole run gives, revisions, ties and changed ids included."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import shutil
 from pathlib import Path
@@ -14,13 +13,12 @@ import pyarrow as pa
 
 from pipelines.analytics import ANALYTICS_TABLES
 from pipelines.clean import REJECTS_SCHEMA
-from pipelines.fdsn.client import FetchStats
 from pipelines.load import LoadCounts, RunRecord, check_database, stage_duckdb, write_duckdb
 from pipelines.plan import Window
 from pipelines.transform import derive
 from schemas.events import RECORD_SCHEMA
 from schemas.tables import ETL_RUNS, TABLES
-from tests.conftest import parquet_files, utc
+from tests.conftest import parquet_files, run_record, utc
 
 
 def at(hour: int) -> dt.datetime:
@@ -57,20 +55,18 @@ BATCHES = [
         event("ev3", 4, 4, "only here"),
     ],
 ]
+# What the run leaves of them in `events` (id, place), whatever was stored before.
+RUN_EVENTS = [
+    ("ev1", "revised"),
+    ("ev2", "resent, same updated"),
+    ("ev3", "only here"),
+    ("us1", "under its new id"),
+]
 REJECTS = [[reject("bad1")], [reject("bad1"), reject(None)], []]
 
 
-def run_record(run_id: str) -> RunRecord:
-    return RunRecord(
-        run_id=run_id,
-        started_at=at(10),
-        window=Window(at(0), at(12)),
-        base_url="http://127.0.0.1/fdsnws/event/1",
-        min_magnitude=None,
-        partitions=3,
-        stats=FetchStats(),
-        code_version="test",
-    )
+def this_run(run_id: str) -> RunRecord:
+    return run_record(run_id, Window(at(0), at(12)), partitions=3)
 
 
 def partition_files(directory: Path, batches: list[list[dict[str, Any]]]) -> list[Path]:
@@ -108,19 +104,14 @@ def contents(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 def test_a_run_staged_in_batches_writes_the_file_one_load_writes(tmp_path: Path) -> None:
     files = partition_files(tmp_path / "parts", BATCHES)
     staged, whole = tmp_path / "staged.duckdb", tmp_path / "whole.duckdb"
-    staged_counts = in_batches(staged, files, run_record("run-1"))
-    whole_counts = at_once(whole, files, run_record("run-1"))
+    staged_counts = in_batches(staged, files, this_run("run-1"))
+    whole_counts = at_once(whole, files, this_run("run-1"))
 
     # Received: ev1, ev2, ak1, us1, ev3 and the refused bad1 (once) and one without an id.
     assert staged_counts == whole_counts == LoadCounts(received=7, loaded=5, rejected=2, total=4)
     assert contents(staged) == contents(whole)
     with duckdb.connect(str(staged), read_only=True) as con:
-        assert con.execute("SELECT id, place FROM events ORDER BY id").fetchall() == [
-            ("ev1", "revised"),
-            ("ev2", "resent, same updated"),
-            ("ev3", "only here"),
-            ("us1", "under its new id"),
-        ]
+        assert con.execute("SELECT id, place FROM events ORDER BY id").fetchall() == RUN_EVENTS
         assert con.execute("SELECT alias, id FROM event_ids ORDER BY alias").fetchall() == [
             ("ak1", "us1"),
             ("ev1", "ev1"),
@@ -136,23 +127,20 @@ def test_a_run_staged_into_an_archive_adds_what_one_load_adds(tmp_path: Path) ->
         tmp_path / "first", [[event("ak1", 3, 3, "old"), event("x", 5, 1, "x")]]
     )
     archive = tmp_path / "archive.duckdb"
-    write_duckdb(archive, first, [], dataclasses.replace(run_record("run-0"), partitions=1))
+    write_duckdb(archive, first, [], run_record("run-0", Window(at(0), at(12))))
     staged, whole = tmp_path / "staged.duckdb", tmp_path / "whole.duckdb"
     shutil.copyfile(archive, staged)
     shutil.copyfile(archive, whole)
     files = partition_files(tmp_path / "parts", BATCHES)
 
-    staged_counts = in_batches(staged, files, run_record("run-1"))
-    assert staged_counts == at_once(whole, files, run_record("run-1"))
+    staged_counts = in_batches(staged, files, this_run("run-1"))
+    assert staged_counts == at_once(whole, files, this_run("run-1"))
     assert staged_counts == LoadCounts(received=7, loaded=5, rejected=2, total=5)
     assert contents(staged) == contents(whole)
     with duckdb.connect(str(staged), read_only=True) as con:
         # The stored ak1 became us1 (newer, and it names ak1 among its ids); x is untouched.
         assert con.execute("SELECT id, place FROM events ORDER BY id").fetchall() == [
-            ("ev1", "revised"),
-            ("ev2", "resent, same updated"),
-            ("ev3", "only here"),
-            ("us1", "under its new id"),
+            *RUN_EVENTS,
             ("x", "x"),
         ]
         assert con.execute("SELECT id FROM event_ids WHERE alias = 'ak1'").fetchall() == [("us1",)]
