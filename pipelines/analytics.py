@@ -144,27 +144,28 @@ REGION_SUMMARY_MODEL = Model(
         "first_time <= largest_time <= last_time",
     ),
     sql=f"""
-WITH totals AS (
-    SELECT region, count(*) AS events, min(time) AS first_time, max(time) AS last_time
+WITH regions AS (
+    -- One pass, no sort: the largest is the smallest of a key that orders as the grain says.
+    SELECT region,
+           count(*) AS events,
+           arg_min(
+               {{'id': id, 'mag': mag, 'time': time}},
+               {{'no_mag': mag IS NULL, 'minus_mag': coalesce(-mag, 0), 'time': time, 'id': id}}
+           ) AS largest,
+           min(time) AS first_time,
+           max(time) AS last_time
     FROM {SOURCE}
     GROUP BY region
-), largest AS (
-    SELECT region, id, mag, time
-    FROM {SOURCE}
-    QUALIFY row_number() OVER (
-        PARTITION BY region ORDER BY mag DESC NULLS LAST, time, id
-    ) = 1
 )
-SELECT t.region,
-       t.events,
-       l.id AS largest_id,
-       l.mag AS largest_mag,
-       l.time AS largest_time,
-       t.first_time,
-       t.last_time
-FROM totals AS t
-JOIN largest AS l ON l.region IS NOT DISTINCT FROM t.region
-ORDER BY t.region NULLS LAST
+SELECT region,
+       events,
+       largest.id AS largest_id,
+       largest.mag AS largest_mag,
+       largest.time AS largest_time,
+       first_time,
+       last_time
+FROM regions
+ORDER BY region NULLS LAST
 """,
 )
 
@@ -299,11 +300,15 @@ LARGEST_EVENTS_MODEL = Model(
     key=("rank",),
     invariants=("rank is 1..n without gaps", "mag is non-increasing with rank"),
     sql=f"""
-SELECT row_number() OVER (ORDER BY mag DESC, time, id) AS "rank",
-       id, mag, mag_type, place, time, depth_km, alert, tsunami
-FROM {SOURCE}
-WHERE mag IS NOT NULL
-QUALIFY "rank" <= ?
+SELECT row_number() OVER (ORDER BY mag DESC, time, id) AS "rank", *
+FROM (
+    -- ORDER BY ... LIMIT keeps only the top rows while it scans; a window would sort them all.
+    SELECT id, mag, mag_type, place, time, depth_km, alert, tsunami
+    FROM {SOURCE}
+    WHERE mag IS NOT NULL
+    ORDER BY mag DESC, time, id
+    LIMIT ?
+)
 ORDER BY "rank"
 """,
     params=(LARGEST_EVENTS_LIMIT,),
