@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import polars as pl
 import vl_convert
 
 from pipelines.files import partial_beside
@@ -180,6 +179,8 @@ def _magnitude_chart(con: duckdb.DuckDBPyConnection, gr: dict[str, Any] | None) 
 
 
 def _map_chart(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    import polars as pl  # not with the pipeline: see pipelines.transform
+
     # Largest first so the small ones are drawn on top and stay visible; ties as largest_events.
     # CSV rather than JSON objects: the points dominate the page and CSV halves their size
     # (field names once, not per row). An empty field is parsed as NULL by Vega.
