@@ -189,7 +189,7 @@ DELETE FROM run_winners WHERE id IN (SELECT new_id FROM stored_matches WHERE sto
 DELETE FROM {EVENTS.name}
     WHERE id IN (SELECT old_id FROM stored_matches WHERE new_id IN (SELECT id FROM run_winners));
 DELETE FROM {EVENT_IDS.name}
-    WHERE id NOT IN (SELECT id FROM {EVENTS.name})
+    WHERE id IN (SELECT old_id FROM stored_matches WHERE new_id IN (SELECT id FROM run_winners))
        OR alias IN (SELECT alias FROM run_aliases WHERE id IN (SELECT id FROM run_winners));
 INSERT INTO {EVENTS.name}
     SELECT {{columns}} FROM incoming WHERE arrival IN (SELECT arrival FROM run_winners)
