@@ -22,7 +22,7 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
     code = main(
         [
             "--quick", "--days", "3", "--per-day", "40", "--scale-years", "0.02",
-            "--latency-ms", "2", "--rate-mbps", "400", "--json", str(out),
+            "--latency-ms", "2", "--rate-mbps", "400", "--rounds", "2", "--json", str(out),
         ]
     )  # fmt: skip
     printed = capsys.readouterr().out
@@ -48,6 +48,10 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
         assert _positive(phase["requests"]) and _positive(phase["bytes"]), phase
     assert warm["requests"] >= 0 and warm["bytes"] >= 0
     assert _positive(floor["wall_s"]) and _positive(cpu["wall_s"])
+    # Each of cold, floor and warm is its median round: of two, the faster one.
+    for phase in (cold, floor, warm):
+        assert len(phase["rounds_wall_s"]) == 2 and phase["wall_s"] == min(phase["rounds_wall_s"])
+    assert report["settings"]["rounds"] == 2 and "median of 2 rounds" in printed
     assert _positive(cpu["events_per_s"]) and cpu["bodies"] == 3
     assert scale["events"] == scale["expected_events"] > 0 and scale["latency_ms"] == 0
     for ratio in ("cold_over_floor", "warm_over_cold", "requests_per_100k_events"):
@@ -63,4 +67,6 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
 def test_skip_scale_and_bad_sizes(tmp_path, capsys):
     assert main(["--quick", "--days", "0", "--json", str(tmp_path / "b.json")]) == 1
     assert "--days must be >= 1" in capsys.readouterr().err
+    assert main(["--quick", "--rounds", "0", "--json", str(tmp_path / "b.json")]) == 1
+    assert "--rounds must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
