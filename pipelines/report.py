@@ -30,14 +30,14 @@ MAP_POINTS_LIMIT = 5_000
 
 # The Vega-Lite version the specs are written for, and so the one the bundle must carry.
 VEGA_LITE_VERSION = "6.4"
-_VL_SCHEMA = f"https://vega.github.io/schema/vega-lite/v{VEGA_LITE_VERSION}.json"
+_VL_SCHEMA = f"https://vega.github.io/schema/vega-lite/v{VEGA_LITE_VERSION.split('.')[0]}.json"
 # Vega-Lite measurement types.
 _QUANTITY, _NOMINAL, _TIME = "quantitative", "nominal", "temporal"
 # Plot area; the legends sit beside it and the page is 960 px wide.
 _WIDTH = 700
 
 
-# Named datasets of a chart: name -> rows.
+# Named datasets of a chart: name -> rows (as objects, or as CSV text).
 Datasets = dict[str, list[dict[str, Any]] | str]
 
 
@@ -88,9 +88,9 @@ def _field(name: str, kind: str, **options: Any) -> dict[str, Any]:
     return {"field": name, "type": kind, **options}
 
 
-def _chart(spec: dict[str, Any], datasets: Datasets | None = None) -> dict[str, Any]:
+def _chart(spec: dict[str, Any], datasets: Datasets) -> dict[str, Any]:
     """A complete Vega-Lite document: the spec, its version and its named datasets."""
-    return {"$schema": _VL_SCHEMA, **spec, "datasets": datasets or {}}
+    return {"$schema": _VL_SCHEMA, **spec, "datasets": datasets}
 
 
 def _daily_chart(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
