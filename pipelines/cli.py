@@ -382,7 +382,7 @@ def _user_message(exc: BaseException) -> str:
 
 def entry_point() -> int:
     """The console script and ``python -m pipelines.cli``: one command, then the process ends."""
-    # What the imports built (Flyte, polars, altair, ...) lives as long as the process: out of
+    # What the imports built (Flyte, DuckDB, pyarrow, ...) lives as long as the process: out of
     # the collector's sight, full collections during the run and the one at exit skip it
     # (0.15 s of every exit).
     gc.freeze()

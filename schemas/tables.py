@@ -116,12 +116,11 @@ def duckdb_type(arrow: pa.DataType) -> str:
     return _DUCKDB_TYPES[arrow]
 
 
-def duckdb_ddl(table: Table, *, database: str | None = None) -> str:
+def duckdb_ddl(table: Table) -> str:
     """CREATE TABLE text for DuckDB; identifiers come from this module, never from input."""
     cols = [
         f'"{f.name}" {duckdb_type(f.type)}{"" if f.nullable else " NOT NULL"}' for f in table.schema
     ]
     if table.key:
         cols.append("PRIMARY KEY (" + ", ".join(f'"{k}"' for k in table.key) + ")")
-    name = f'{database}."{table.name}"' if database else f'"{table.name}"'
-    return f"CREATE TABLE {name} (\n  " + ",\n  ".join(cols) + "\n)"
+    return f'CREATE TABLE "{table.name}" (\n  ' + ",\n  ".join(cols) + "\n)"
