@@ -102,25 +102,36 @@ def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None)
     """Raise unless ``path`` is a database of ``fmt`` that this version of quakecat can add to;
     return what it knows (the search limit of ``base_url``, learned by an earlier run, and the
     extracts it holds)."""
-    try:
+    with _database_errors_as_incompatible(path, fmt):
         if fmt == "sqlite":
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
                 version, archive = _read_archive(con, base_url, dt.datetime.fromisoformat)
         else:
             with duckdb.connect(str(path), read_only=True) as con:
                 version, archive = _read_archive(con, base_url, lambda at: at)
+    _check_version(path, version)
+    return archive
+
+
+@contextlib.contextmanager
+def _database_errors_as_incompatible(path: Path, fmt: str) -> Iterator[None]:
+    """Turn a database error while reading ``path`` into IncompatibleDatabase."""
+    try:
+        yield
     except (duckdb.Error, sqlite3.Error) as exc:
         reason = str(exc).splitlines()[0]
         raise IncompatibleDatabase(
             f"{path} is not a quakecat {'SQLite' if fmt == 'sqlite' else 'DuckDB'} database "
             f"({reason}); choose another --out or remove it"
         ) from None
+
+
+def _check_version(path: Path, version: int | None) -> None:
     if version != SCHEMA_VERSION:
         raise IncompatibleDatabase(
             f"{path} holds schema version {version}, this quakecat writes {SCHEMA_VERSION};"
             " choose another --out or remove it to rebuild"
         )
-    return archive
 
 
 def _read_archive(
@@ -243,31 +254,30 @@ def write_duckdb(
 
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``path`` opened for writing: a new database (created with its tables), a working copy
+    that earlier batches were staged into, or an archive this quakecat can add to (checked)."""
     fresh = not path.exists()
-    working = not fresh and _is_working_copy(path)
-    if not fresh and not working:
-        check_database(path)
-    with duckdb.connect(str(path)) as con:
+    with _database_errors_as_incompatible(path, "duckdb"):
+        con = duckdb.connect(str(path))
+    with con:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET memory_limit = '256MB'")
+        working = False
         if fresh:
             for table in TABLES:
                 con.execute(duckdb_ddl(table))
             materialise(con)
+        else:
+            with _database_errors_as_incompatible(path, "duckdb"):
+                ((found,),) = con.execute(
+                    "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [_STAGED.name]
+                ).fetchall()
+                working = found == 1
+                if not working:
+                    _check_version(path, _read_archive(con, None, lambda at: at)[0])
         if not working:
             con.execute(duckdb_ddl(_STAGED))
         yield con
-
-
-def _is_working_copy(path: Path) -> bool:
-    try:
-        with duckdb.connect(str(path), read_only=True) as con:
-            found = con.execute(
-                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [_STAGED.name]
-            ).fetchall()
-    except duckdb.Error:
-        return False  # not DuckDB at all: check_database says so
-    return found == [(1,)]
 
 
 def _upsert(

@@ -10,10 +10,18 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pytest
 
 from pipelines.analytics import ANALYTICS_TABLES
 from pipelines.clean import REJECTS_SCHEMA
-from pipelines.load import LoadCounts, RunRecord, check_database, stage_duckdb, write_duckdb
+from pipelines.load import (
+    IncompatibleDatabase,
+    LoadCounts,
+    RunRecord,
+    check_database,
+    stage_duckdb,
+    write_duckdb,
+)
 from pipelines.plan import Window
 from pipelines.transform import derive
 from schemas.events import RECORD_SCHEMA
@@ -150,3 +158,30 @@ def test_a_run_staged_into_an_archive_adds_what_one_load_adds(tmp_path: Path) ->
             ("run-0", 2),
             ("run-1", 7),
         ]
+
+
+def test_a_batch_refuses_a_file_that_is_no_archive_of_this_version(tmp_path: Path) -> None:
+    # The CLI checks its --out before a run; on a cluster, the previous database a run is
+    # handed is checked here, where the first batch opens it.
+    files = partition_files(tmp_path / "parts", BATCHES[:1])
+    not_duckdb = tmp_path / "notes.duckdb"
+    not_duckdb.write_text("not a database")
+    with pytest.raises(IncompatibleDatabase, match=r"notes\.duckdb is not a quakecat DuckDB"):
+        stage_duckdb(not_duckdb, files, [], "run-1")
+
+    older = tmp_path / "older.duckdb"
+    write_duckdb(older, files, [], this_run("run-0"))
+    with duckdb.connect(str(older)) as con:
+        con.execute("UPDATE etl_runs SET schema_version = 1")
+    for add in (
+        lambda: stage_duckdb(older, files, [], "run-1"),
+        lambda: write_duckdb(older, files, [], this_run("run-1")),
+    ):
+        with pytest.raises(IncompatibleDatabase) as refused:
+            add()
+        assert str(refused.value) == (
+            f"{older} holds schema version 1, this quakecat writes 2;"
+            " choose another --out or remove it to rebuild"
+        )
+    with duckdb.connect(str(older), read_only=True) as con:
+        assert con.execute("SELECT run_id FROM etl_runs").fetchall() == [("run-0",)]
