@@ -241,6 +241,7 @@ def write_duckdb(
     that earlier batches were staged into) and finish it: counts, analytics, the run's row."""
     with _open(path) as con:
         _upsert(con, events, rejects, run.run_id)
+        _check_keys(con, path)
         # The analytics derive from `events` alone: a run that changed no event (a re-run
         # over settled, cached months) keeps them as they are.
         ((changed,),) = con.execute(f"SELECT sum(changed) FROM {_STAGED.name}").fetchall()
@@ -288,9 +289,10 @@ def _upsert(
 ) -> None:
     _open_incoming(con, events)
     con.register("refused", pa.concat_tables([REJECTS_SCHEMA.empty_table(), *rejects]))
-    # Statement by statement, not one transaction: DuckDB checks a primary key eagerly, so a
-    # delete and re-insert of one key must not share a transaction. The file is a scratch copy
-    # until the run succeeds, which is what makes the whole load atomic.
+    # Statement by statement, not one transaction: archives written before keys went undeclared
+    # have primary keys, which DuckDB checks eagerly, so a delete and re-insert of one key must
+    # not share a transaction. The file is a scratch copy until the run succeeds, which is what
+    # makes the whole load atomic.
     con.execute(_WINNERS)
     con.execute(
         "CREATE TEMP TABLE run_ids AS SELECT coalesce(list(id), []) AS ids FROM run_winners"
@@ -332,6 +334,25 @@ _INCOMING = Table(
     (),
 )
 _ROWS_PER_FILE = 1 << 32
+
+
+def _check_keys(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Raise unless every table's key is unique: the load keeps them so by construction, and
+    this stands in for the constraints DuckDB is not asked to keep (see ``duckdb_ddl``)."""
+    keyed = [t for t in TABLES if t.key]
+    counts = con.execute(
+        "SELECT "
+        + ", ".join(
+            f"(SELECT count(*) - count(DISTINCT ({', '.join(t.key)})) FROM {t.name})" for t in keyed
+        )
+    ).fetchall()[0]
+    repeated = [f"{t.name}.{'/'.join(t.key)}" for t, n in zip(keyed, counts, strict=True) if n]
+    if repeated:
+        raise IncompatibleDatabase(
+            f"{path} holds rows that repeat a key ({', '.join(repeated)}), which quakecat never"
+            " writes: the file was changed by other means; choose another --out or remove it"
+            " to rebuild"
+        )
 
 
 def _count(con: duckdb.DuckDBPyConnection, run_id: str) -> LoadCounts:

@@ -47,7 +47,7 @@ def _rng(lo: float, hi: float) -> msgspec.Meta:
 
 # Order matters: it is the column order of the `events` table.
 RECORD: tuple[Column, ...] = (
-    Column("id", pa.string(), False, "USGS preferred event id (primary key)."),
+    Column("id", pa.string(), False, "USGS preferred event id (the key: unique)."),
     Column(
         "mag",
         pa.float64(),

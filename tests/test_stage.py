@@ -185,3 +185,43 @@ def test_a_batch_refuses_a_file_that_is_no_archive_of_this_version(tmp_path: Pat
         )
     with duckdb.connect(str(older), read_only=True) as con:
         assert con.execute("SELECT run_id FROM etl_runs").fetchall() == [("run-0",)]
+
+
+@pytest.mark.parametrize(
+    ("repeat", "key"),
+    [
+        ("INSERT INTO events SELECT * FROM events WHERE id = 'ev3'", "events.id"),
+        ("INSERT INTO event_ids VALUES ('ev3', 'ev1')", "event_ids.alias"),
+    ],
+)
+def test_a_load_refuses_an_archive_that_repeats_a_key(tmp_path: Path, repeat: str, key: str):
+    # DuckDB is not asked to keep the keys (see duckdb_ddl): the load checks what it would hand on.
+    files = partition_files(tmp_path / "parts", BATCHES)
+    edited = tmp_path / "edited.duckdb"
+    write_duckdb(edited, files, [], this_run("run-0"))
+    with duckdb.connect(str(edited)) as con:
+        con.execute(repeat)
+    with pytest.raises(IncompatibleDatabase) as refused:
+        write_duckdb(edited, files[2:], [], this_run("run-1"))
+    assert str(refused.value) == (
+        f"{edited} holds rows that repeat a key ({key}), which quakecat never writes: the file"
+        " was changed by other means; choose another --out or remove it to rebuild"
+    )
+    with duckdb.connect(str(edited), read_only=True) as con:
+        assert con.execute("SELECT run_id FROM etl_runs").fetchall() == [("run-0",)]
+
+
+def test_every_key_is_unique_after_runs_in_batches_and_at_once(tmp_path: Path) -> None:
+    files = partition_files(tmp_path / "parts", BATCHES)
+    path = tmp_path / "archive.duckdb"
+    in_batches(path, files, this_run("run-1"))
+    at_once(path, files, this_run("run-2"))
+    with duckdb.connect(str(path), read_only=True) as con:
+        for table in TABLES:
+            if table.key:
+                keys = ", ".join(table.key)
+                repeated = con.execute(
+                    f"SELECT {keys} FROM {table.name} GROUP BY ALL HAVING count(*) > 1"
+                ).fetchall()
+                assert repeated == [], table.name
+        assert con.execute("SELECT count(*) FROM events").fetchall() == [(len(RUN_EVENTS),)]
