@@ -7,7 +7,7 @@ default:
     @just --list --unsorted
 
 # Bytecode is compiled here: with PYTHONDONTWRITEBYTECODE set (many containers and CI images),
-# every run would compile Flyte, altair and the rest from source again, 1.3 s of its start-up.
+# every run would compile Flyte and the rest of its imports from source again, 1.3 s of start-up.
 
 # Create or update .venv exactly as uv.lock pins it, bytecode compiled
 setup:

@@ -256,6 +256,7 @@ def measure_run(
         "bytes": bytes_served,
         "bytes_received": row["bytes_received"],
         "peak_rss_mb": child.peak_rss_mb,
+        "database_mb": out.stat().st_size / MIB,
         **{k: row[k] for k in _RUN_COLUMNS if k in row},
     }
     return figures, log
@@ -647,7 +648,6 @@ def run(settings: dict[str, Any]) -> dict[str, Any]:
             scale, _ = measure_run(
                 fake, s["start"], s["end"], out, concurrency, big_expected, "scale", home
             )
-            scale["database_mb"] = out.stat().st_size / MIB
         scale.update(
             years=s["years"],
             window_start=s["start"].isoformat(),
@@ -712,7 +712,12 @@ def render(report: dict[str, Any]) -> str:
         f"round{'' if s['rounds'] == 1 else 's'}",
         f"{'phase':<6} {'wall s':>8} {'events':>11} {'events/s':>10} {'requests':>9} "
         f"{'MiB':>9} {'peak RSS MiB':>12}",
-        _row("cold", cold, f"child process; pipeline's own {cold['pipeline_s']} s"),
+        _row(
+            "cold",
+            cold,
+            f"child process; pipeline's own {cold['pipeline_s']} s; file "
+            f"{cold['database_mb']:.1f} MiB",
+        ),
         _row("floor", report["floor"], "same URLs, only reading bodies"),
         _row("warm", warm, f"into the cold database; pipeline's own {warm['pipeline_s']} s"),
         _row(
@@ -731,7 +736,7 @@ def render(report: dict[str, Any]) -> str:
                 "scale",
                 scale,
                 f"{scale['years']:g} year{'' if scale['years'] == 1 else 's'}, latency 0 and no "
-                "transfer cap (to keep the bench short)",
+                f"transfer cap (to keep the bench short); file {scale['database_mb']:.0f} MiB",
             )
         )
     lines.append(

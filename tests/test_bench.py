@@ -42,7 +42,7 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
     assert cold["requests"] == floor["requests"] > 0 and warm["requests"] > 0
     assert cold["bytes"] == cold["bytes_received"] == floor["bytes"] == floor["bytes_received"]
     for phase in (cold, warm, scale):
-        for key in ("wall_s", "events", "peak_rss_mb", "cpu_s"):
+        for key in ("wall_s", "events", "peak_rss_mb", "cpu_s", "database_mb"):
             assert _positive(phase[key]), (key, phase)
     for phase in (cold, scale):  # a warm run may reuse cached partitions and fetch nothing
         assert _positive(phase["requests"]) and _positive(phase["bytes"]), phase
