@@ -289,10 +289,8 @@ def _upsert(
 ) -> None:
     _open_incoming(con, events)
     con.register("refused", pa.concat_tables([REJECTS_SCHEMA.empty_table(), *rejects]))
-    # Statement by statement, not one transaction: archives written before keys went undeclared
-    # have primary keys, which DuckDB checks eagerly, so a delete and re-insert of one key must
-    # not share a transaction. The file is a scratch copy until the run succeeds, which is what
-    # makes the whole load atomic.
+    # No transaction: the file is a scratch copy until the run succeeds, which is what makes the
+    # whole load atomic.
     con.execute(_WINNERS)
     con.execute(
         "CREATE TEMP TABLE run_ids AS SELECT coalesce(list(id), []) AS ids FROM run_winners"

@@ -130,12 +130,22 @@ def test_a_run_staged_in_batches_writes_the_file_one_load_writes(tmp_path: Path)
     assert check_database(staged).max_allowed is None
 
 
-def test_a_run_staged_into_an_archive_adds_what_one_load_adds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("declared_keys", [False, True], ids=["keys-kept", "keys-declared"])
+def test_a_run_staged_into_an_archive_adds_what_one_load_adds(
+    tmp_path: Path, declared_keys: bool
+) -> None:
     first = partition_files(
         tmp_path / "first", [[event("ak1", 3, 3, "old"), event("x", 5, 1, "x")]]
     )
     archive = tmp_path / "archive.duckdb"
     write_duckdb(archive, first, [], run_record("run-0", Window(at(0), at(12))))
+    if declared_keys:  # as in files written before keys went undeclared
+        with duckdb.connect(str(archive)) as con:
+            for table in TABLES:
+                if table.key:
+                    con.execute(
+                        f"ALTER TABLE {table.name} ADD PRIMARY KEY ({', '.join(table.key)})"
+                    )
     staged, whole = tmp_path / "staged.duckdb", tmp_path / "whole.duckdb"
     shutil.copyfile(archive, staged)
     shutil.copyfile(archive, whole)
