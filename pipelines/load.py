@@ -338,10 +338,12 @@ def _check_keys(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Raise unless every table's key is unique: the load keeps them so by construction, and
     this stands in for the constraints DuckDB is not asked to keep (see ``duckdb_ddl``)."""
     keyed = [t for t in TABLES if t.key]
+    distinct = [", ".join(f'"{k}"' for k in t.key) for t in keyed]
     counts = con.execute(
         "SELECT "
         + ", ".join(
-            f"(SELECT count(*) - count(DISTINCT ({', '.join(t.key)})) FROM {t.name})" for t in keyed
+            f'(SELECT count(*) - count(DISTINCT ({key})) FROM "{t.name}")'
+            for t, key in zip(keyed, distinct, strict=True)
         )
     ).fetchall()[0]
     repeated = [f"{t.name}.{'/'.join(t.key)}" for t, n in zip(keyed, counts, strict=True) if n]
