@@ -104,12 +104,15 @@ def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None)
     extracts it holds)."""
     with _database_errors_as_incompatible(path, fmt):
         if fmt == "sqlite":
+            # SQLite declares the keys, so it keeps them itself.
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
                 version, archive = _read_archive(con, base_url, dt.datetime.fromisoformat)
+            _check_version(path, version)
         else:
             with duckdb.connect(str(path), read_only=True) as con:
                 version, archive = _read_archive(con, base_url, lambda at: at)
-    _check_version(path, version)
+                _check_version(path, version)
+                _check_keys(con, path)
     return archive
 
 

@@ -182,21 +182,35 @@ def test_an_out_file_that_is_not_our_database_exits_2_untouched(quakecat, tmp_pa
     assert out.read_bytes() == b"my notes"
 
 
-def test_an_archive_of_an_older_schema_version_exits_2_untouched(
-    service: FakeFDSN, quakecat, tmp_path
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (
+            "UPDATE etl_runs SET schema_version = 1",
+            "holds schema version 1, this quakecat writes 2",
+        ),
+        (
+            "INSERT INTO events SELECT * FROM events LIMIT 1",
+            "holds rows that repeat a key (events.id), which quakecat never writes: the file was"
+            " changed by other means",
+        ),
+    ],
+    ids=["older-schema", "repeated-key"],
+)
+def test_an_archive_this_quakecat_cannot_add_to_exits_2_untouched(
+    service: FakeFDSN, quakecat, tmp_path, edit: str, reason: str
 ):
     out = tmp_path / "q.duckdb"
     argv = ("--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url)
     assert quakecat(*argv, "--out", str(out))[0] == 0
     with duckdb.connect(str(out)) as con:
-        con.execute("UPDATE etl_runs SET schema_version = 1")
+        con.execute(edit)
     before = out.read_bytes()
     service.reset_log()
     code, _, stderr = quakecat(*argv, "--out", str(out))
     assert code == 2
     assert stderr == (
-        f"quakecat: error: --out {out} holds schema version 1, this quakecat writes 2;"
-        " choose another --out or remove it to rebuild\n"
+        f"quakecat: error: --out {out} {reason}; choose another --out or remove it to rebuild\n"
     )
     assert out.read_bytes() == before
     assert service.log == []
