@@ -137,6 +137,11 @@ def _check_version(path: Path, version: int | None) -> None:
         )
 
 
+def _schema_version(con: duckdb.DuckDBPyConnection | sqlite3.Connection) -> int | None:
+    ((version,),) = con.execute(f"SELECT max(schema_version) FROM {ETL_RUNS.name}").fetchall()
+    return version
+
+
 def _read_archive(
     con: duckdb.DuckDBPyConnection | sqlite3.Connection,
     base_url: str | None,
@@ -144,7 +149,7 @@ def _read_archive(
 ) -> tuple[int | None, Archive]:
     """The file's schema version, and (for the version this quakecat writes) its ``Archive``;
     ``timestamp`` reads a stored timestamp (SQLite keeps them as ISO-8601 text)."""
-    ((version,),) = con.execute(f"SELECT max(schema_version) FROM {ETL_RUNS.name}").fetchall()
+    version = _schema_version(con)
     if version != SCHEMA_VERSION:
         return version, Archive()
     runs = con.execute(
@@ -278,7 +283,7 @@ def _open(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
                 ).fetchall()
                 working = found == 1
                 if not working:
-                    _check_version(path, _read_archive(con, None, lambda at: at)[0])
+                    _check_version(path, _schema_version(con))
         if not working:
             con.execute(duckdb_ddl(_STAGED))
         yield con
@@ -340,16 +345,15 @@ _ROWS_PER_FILE = 1 << 32
 def _check_keys(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Raise unless every table's key is unique: the load keeps them so by construction, and
     this stands in for the constraints DuckDB is not asked to keep (see ``duckdb_ddl``)."""
-    keyed = [t for t in TABLES if t.key]
-    distinct = [", ".join(f'"{k}"' for k in t.key) for t in keyed]
-    counts = con.execute(
-        "SELECT "
-        + ", ".join(
-            f'(SELECT count(*) - count(DISTINCT ({key})) FROM "{t.name}")'
-            for t, key in zip(keyed, distinct, strict=True)
-        )
-    ).fetchall()[0]
-    repeated = [f"{t.name}.{'/'.join(t.key)}" for t, n in zip(keyed, counts, strict=True) if n]
+    repeated = []
+    for table in TABLES:
+        if table.key:
+            key = ", ".join(f'"{k}"' for k in table.key)
+            ((extra,),) = con.execute(
+                f'SELECT count(*) - count(DISTINCT ({key})) FROM "{table.name}"'
+            ).fetchall()
+            if extra:
+                repeated.append(f"{table.name}.{'/'.join(table.key)}")
     if repeated:
         raise IncompatibleDatabase(
             f"{path} holds rows that repeat a key ({', '.join(repeated)}), which quakecat never"
