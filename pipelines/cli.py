@@ -61,61 +61,61 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--end", help="exclusive; a date or ISO-8601 UTC time (default: now)")
     parser.add_argument("--min-magnitude", type=float, help="only events at or above this")
+    # Defaults are the client's; argparse writes them into the help (%(default)).
     parser.add_argument(
         "--max-in-flight",
         type=_positive(int),
         default=defaults.max_in_flight,
-        help=f"requests at once, across partitions (default {defaults.max_in_flight})",
+        help="requests at once, across partitions (default %(default)s)",
     )
     parser.add_argument(
         "--max-per-5min",
         type=_positive(int),
         default=defaults.max_per_5min,
-        help=f"requests started per five minutes (default {defaults.max_per_5min}, as USGS asks)",
+        help="requests started per five minutes (default %(default)s, as USGS asks)",
     )
     parser.add_argument(
         "--connect-timeout",
         type=_positive(float),
         default=defaults.connect_timeout_s,
-        help=f"seconds (default {defaults.connect_timeout_s:g})",
+        help="seconds (default %(default)g)",
     )
     parser.add_argument(
         "--read-timeout",
         type=_positive(float),
         default=defaults.read_timeout_s,
-        help=f"seconds without a byte before a request is retried (default "
-        f"{defaults.read_timeout_s:g})",
+        help="seconds without a byte before a request is retried (default %(default)g)",
     )
     parser.add_argument(
         "--max-attempts",
         type=_positive(int),
         default=defaults.max_attempts,
-        help=f"per request, retries included (default {defaults.max_attempts})",
+        help="per request, retries included (default %(default)s)",
     )
     parser.add_argument(
         "--backoff",
         type=_positive(float),
         default=defaults.backoff_s,
-        help="seconds before the first retry; doubles per retry, with jitter",
+        help="seconds before the first retry, doubling per retry with jitter (default %(default)g)",
     )
     parser.add_argument(
         "--max-body-mb",
         type=_positive(int),
         default=defaults.max_body_bytes // 2**20,
-        help=f"refuse larger answers (default {defaults.max_body_bytes // 2**20})",
+        help="refuse larger answers (default %(default)s)",
     )
     parser.add_argument(
         "--format",
         choices=FORMATS,
         default="duckdb",
-        help="database file format (default duckdb; sqlite stores times as ISO-8601 text)",
+        help="database file format (default %(default)s; sqlite stores times as ISO-8601 text)",
     )
     parser.add_argument(
         "--settle-days",
         type=_positive(float),
         default=DEFAULT_SETTLE_DAYS,
         help="a partition that ended this many days ago is settled: cached, never refetched"
-        f" (default {DEFAULT_SETTLE_DAYS:g}); later revisions still arrive via updatedafter",
+        " (default %(default)g); later revisions still arrive via updatedafter",
     )
     parser.add_argument(
         "--no-cache", action="store_true", help="refetch every partition, cached or not"
