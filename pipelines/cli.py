@@ -211,8 +211,16 @@ def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
         raise UsageError(f"--out {out}: {out.parent} is a file, not a folder") from None
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create its folder ({exc.strerror})") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UsageError(f"--out {out}: its folder {out.parent} is not writable")
+    # Tried, not inferred from permission bits: root passes those everywhere, and a read-only
+    # mount or a folder like /proc refuses new files whatever they say.
+    try:
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--out {out}: cannot write in its folder {out.parent} ({exc.strerror}); "
+            "choose a writable path"
+        ) from None
     return out
 
 
@@ -365,9 +373,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from pipelines.remote import download_database, table_counts
 
-    if args.out.is_dir():
-        raise UsageError(f"--out {args.out} is a directory; give a file path such as {DEFAULT_OUT}")
-    path = download_database(args.run, args.out)
+    path = download_database(args.run, _check_out(args.out, "duckdb", DEFAULT_OUT))
     print(f"downloaded  {path}")
     for table, rows in table_counts(path).items():
         print(f"  {table:<20} {rows:>12,} rows")

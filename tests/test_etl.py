@@ -433,3 +433,20 @@ def test_an_out_path_that_cannot_be_written_exits_2_before_any_request(
     assert code == 2
     assert stderr == f"quakecat: error: --out {out}: {blocker} is a file, not a folder\n"
     assert service.log == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_out_folder_that_refuses_new_files_exits_2_before_any_request(
+    service: FakeFDSN, quakecat
+):
+    # /proc refuses new files even to root, whom permission bits never stop.
+    code, _, stderr = quakecat(
+        "--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url,
+        "--out", "/proc/q.duckdb",
+    )  # fmt: skip
+    assert code == 2
+    assert stderr == (
+        "quakecat: error: --out /proc/q.duckdb: cannot write in its folder /proc (No such file"
+        " or directory); choose a writable path\n"
+    )
+    assert service.log == []

@@ -542,3 +542,16 @@ def test_cli_download_without_a_cluster_exits_1_with_one_line(
     assert main(["download", "--out", str(out)]) == 1
     assert capsys.readouterr().err == f"quakecat: error: {NO_CLUSTER}\n"
     assert not out.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_cli_download_to_a_folder_that_refuses_new_files_exits_2_before_the_cluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipelines.cli import main
+
+    assert main(["download", "--out", "/proc/q.duckdb"]) == 2
+    assert capsys.readouterr().err == (
+        "quakecat: error: --out /proc/q.duckdb: cannot write in its folder /proc (No such file or"
+        " directory); choose a writable path\n"
+    )
