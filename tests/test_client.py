@@ -10,6 +10,7 @@ from urllib3 import HTTPResponse
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.extract import plan_window
 from pipelines.fdsn.client import (
+    USGS_BASE_URL,
     ClientSettings,
     FdsnClient,
     FetchStats,
@@ -17,7 +18,7 @@ from pipelines.fdsn.client import (
     _Policy,
     validate_base_url,
 )
-from pipelines.fdsn.fake import FakeFDSN
+from pipelines.fdsn.fake import FakeFDSN, Faults
 from pipelines.plan import Window
 from pipelines.version import USER_AGENT
 from tests.conftest import utc
@@ -75,6 +76,45 @@ def test_a_non_retryable_status_fails_at_once_with_the_service_message(service: 
     with pytest.raises(QuakecatError, match=r"answered HTTP 400: .*minmagnitude"):
         client.get("query", {"minmagnitude": "big"}, bytes, stats)
     assert (stats.requests, stats.retries) == (1, 0)
+
+
+def test_a_web_page_in_place_of_an_answer_fails_at_once_naming_the_option(service: FakeFDSN):
+    service.set_faults(Faults(html_at=frozenset({1})))
+    client = FdsnClient(ClientSettings(base_url=service.base_url))
+    with pytest.raises(QuakecatError) as caught:
+        plan_window(client, Window(utc(2024, 5, 1), utc(2024, 5, 2)), None)
+    assert str(caught.value) == (
+        f"{service.base_url}/count?format=geojson&starttime=2024-05-01T00%3A00%3A00.000"
+        '&endtime=2024-05-02T00%3A00%3A00.000 answered HTTP 200 with a web page ("Sign in to'
+        ' continue"), not FDSN GeoJSON; check --base-url: it must be the root of an FDSN event'
+        f" service, such as {USGS_BASE_URL}"
+    )
+    assert [(r.path, r.status) for r in service.log] == [("count", 200)]
+
+
+def test_a_service_path_that_is_not_there_names_the_option(service: FakeFDSN):
+    client = FdsnClient(ClientSettings(base_url=service.base_url))
+    with pytest.raises(QuakecatError) as caught:
+        client.get("querry", {}, bytes, FetchStats())
+    assert str(caught.value) == (
+        f"{service.base_url}/querry?format=geojson answered HTTP 404: Error 404: Not Found: "
+        "Not Found: querry; check --base-url: it must be the root of an FDSN event service, such"
+        f" as {USGS_BASE_URL}"
+    )
+
+
+def test_a_transient_status_is_retried_even_as_a_web_page(service: FakeFDSN):
+    service.set_faults(Faults(every_503=2))  # the fake's 503 is a load balancer's HTML page
+    client = FdsnClient(ClientSettings(base_url=service.base_url, backoff_s=0.01))
+    stats = FetchStats()
+    for _ in range(2):
+        client.get("count", {}, bytes, stats)
+    assert [(r.path, r.status) for r in service.log] == [
+        ("count", 200),
+        ("count", 503),
+        ("count", 200),
+    ]
+    assert (stats.requests, stats.retries) == (3, 1)
 
 
 def test_user_agent_names_quakecat_and_its_version():

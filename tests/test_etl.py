@@ -17,7 +17,8 @@ import duckdb
 import pytest
 
 from pipelines.analytics import ANALYTICS_TABLES
-from pipelines.fdsn.fake import Catalogue, FakeFDSN
+from pipelines.fdsn.client import USGS_BASE_URL
+from pipelines.fdsn.fake import BASE_PATH, Catalogue, FakeFDSN
 from tests.conftest import utc
 
 pytestmark = pytest.mark.slow
@@ -450,3 +451,22 @@ def test_an_out_folder_that_refuses_new_files_exits_2_before_any_request(
         " or directory); choose a writable path\n"
     )
     assert service.log == []
+
+
+def test_a_base_url_that_is_not_the_service_exits_1_at_once_naming_the_option(
+    service: FakeFDSN, quakecat, tmp_path
+):
+    site = service.base_url.removesuffix(BASE_PATH)  # the web site around the service
+    code, _, stderr = quakecat(
+        "--start", "2024-05-01", "--end", "2024-05-02", "--base-url", site,
+        "--out", str(tmp_path / "q.duckdb"),
+    )  # fmt: skip
+    assert code == 1
+    assert stderr == (
+        f"quakecat: error: {site}/count?format=geojson&starttime=2024-05-01T00%3A00%3A00.000"
+        '&endtime=2024-05-02T00%3A00%3A00.000 answered HTTP 404 with a web page ("Page Not'
+        ' Found"), not FDSN GeoJSON; check --base-url: it must be the root of an FDSN event'
+        f" service, such as {USGS_BASE_URL}\n"
+    )
+    assert [(r.path, r.status) for r in service.log] == [("/count", 404)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

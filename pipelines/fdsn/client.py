@@ -10,6 +10,7 @@ import collections
 import contextlib
 import datetime as dt
 import functools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,9 @@ from pipelines.version import USER_AGENT
 T = TypeVar("T")
 
 USGS_BASE_URL = "https://earthquake.usgs.gov/fdsnws/event/1"
+CHECK_BASE_URL = (
+    f"check --base-url: it must be the root of an FDSN event service, such as {USGS_BASE_URL}"
+)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # An explicit "no data" answer (FDSN nodata=204) is an empty collection, not a broken body.
 _EMPTY_COLLECTION = b'{"type":"FeatureCollection","features":[]}'
@@ -169,20 +173,28 @@ class FdsnClient:
                     problem = exc
             retry_after_source = None
             if problem is None and response is not None:
-                if response.status_code == 200:
+                status = response.status_code
+                if status in RETRY_STATUSES:
+                    problem = QuakecatError(f"HTTP {status}")
+                    retry_after_source = response.raw
+                elif status == 204:
+                    return decode(_EMPTY_COLLECTION)
+                elif _is_web_page(response):
+                    # A site's, a portal's or a proxy's page, not the service: asking again
+                    # cannot help.
+                    raise QuakecatError(
+                        f"{response.url} answered HTTP {status} with a web page"
+                        f"{_page_title(body)}, not FDSN GeoJSON; {CHECK_BASE_URL}"
+                    )
+                elif status == 200:
                     try:
                         return decode(body)
                     except BadBody as exc:
                         problem = exc
-                elif response.status_code == 204:
-                    return decode(_EMPTY_COLLECTION)
-                elif response.status_code in RETRY_STATUSES:
-                    problem = QuakecatError(f"HTTP {response.status_code}")
-                    retry_after_source = response.raw
                 else:
-                    status = response.status_code
+                    hint = f"; {CHECK_BASE_URL}" if status == 404 else ""
                     raise QuakecatError(
-                        f"{response.url} answered HTTP {status}: {_service_message(body)}"
+                        f"{response.url} answered HTTP {status}: {_service_message(body)}{hint}"
                     )
             try:
                 if retry_after_source is not None:
@@ -215,6 +227,16 @@ class FdsnClient:
                 f"body truncated: {len(body):,} of {int(declared):,} bytes"
             )
         return body
+
+
+def _is_web_page(response: requests.Response) -> bool:
+    return response.headers.get("Content-Type", "").split(";")[0].strip().lower() == "text/html"
+
+
+def _page_title(body: bytes) -> str:
+    found = re.search(rb"<title[^>]*>(.*?)</title>", body[:4096], re.IGNORECASE | re.DOTALL)
+    title = " ".join(found.group(1).decode("utf-8", "replace").split())[:80] if found else ""
+    return f' ("{title}")' if title else ""
 
 
 def _too_large(url: str, cap: int) -> str:

@@ -2,7 +2,7 @@
 
 A real HTTP server on 127.0.0.1 serving a deterministic generated catalogue with the
 USGS geojson wire format, the 20,000-event limit, and a schedule of injected faults
-(503, 429, truncated, zero-byte, slow and latin-1 bodies), so that the pipeline's
+(503, 429, truncated, zero-byte, slow, latin-1 and web-page bodies), so that the pipeline's
 retry and validation paths can be exercised without the internet. A per-request latency
 and a per-answer transfer rate cap make it behave like a distant service for benchmarks.
 """
@@ -268,6 +268,9 @@ class Faults:
     slow_at: frozenset[int] = frozenset()
     slow_s: float = 5.0
     latin1_at: frozenset[int] = frozenset()
+    # A web page in place of the answer (200, text/html), as a captive portal or a proxy's
+    # sign-in page serves.
+    html_at: frozenset[int] = frozenset()
     fail_all_status: int = 0
 
     def pick(self, n: int) -> str | None:
@@ -281,6 +284,7 @@ class Faults:
             ("truncated", self.every_truncated and n % self.every_truncated == 0),
             ("slow", n in self.slow_at),
             ("latin1", n in self.latin1_at),
+            ("html", n in self.html_at),
         ):
             if hit:
                 return name
@@ -320,6 +324,16 @@ def _usgs_text(status: int, message: str) -> bytes:
         f"Error {status}: {HTTPStatus(status).phrase}\n{message}\n"
         f"Usage details are available from https://earthquake.usgs.gov/fdsnws/event/1\n"
         f"Request Submitted: {submitted}\nService version: {API_VERSION}\n"
+    ).encode()
+
+
+_HTML = "text/html; charset=utf-8"
+
+
+def _web_page(title: str) -> bytes:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head><title>{title}</title></head>\n'
+        f"<body><h1>{title}</h1></body>\n</html>\n"
     ).encode()
 
 
@@ -484,14 +498,20 @@ class FakeFDSN:
             status = faults.fail_all_status
             return status, text, _usgs_text(status, "Service unavailable (fake outage)"), {}
         if fault == "503":
-            return 503, text, _usgs_text(503, "Service temporarily unavailable"), {}
+            # From the load balancer in front of the service, as a web page.
+            return 503, _HTML, _web_page("503 Service Temporarily Unavailable"), {}
         if fault == "429":
             body = _usgs_text(429, "Too many requests")
             return 429, text, body, {"Retry-After": faults.retry_after}
         if fault == "zero":
             return 200, "application/json", b"", {}
+        if fault == "html":
+            return 200, _HTML, _web_page("Sign in to continue"), {}
         if fault == "slow":
             time.sleep(faults.slow_s)
+        if not raw_url.startswith(BASE_PATH + "/"):
+            # Outside the service: the web site around it, whose pages are HTML.
+            return 404, _HTML, _web_page("Page Not Found"), {}
         if path not in ("query", "count"):
             return 404, text, _usgs_text(404, f"Not Found: {path}"), {}
         try:
