@@ -1,6 +1,7 @@
 """quakecat: the command line. Validates arguments, runs the pipeline locally, publishes the file.
 
-Exit codes: 0 success, 2 bad arguments, 1 runtime failure; errors are one line on stderr.
+Exit codes: 0 success, 2 bad arguments, 1 runtime failure, 130 and 143 stopped by Ctrl-C and
+SIGTERM; errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import gc
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -27,7 +29,7 @@ from flyte.io import File
 
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
-from pipelines.files import publish
+from pipelines.files import publish, run_scratch
 from pipelines.load import FORMATS, Archive, IncompatibleDatabase, check_database
 from pipelines.plan import Window, check_window, default_window, parse_time
 from pipelines.remote import fetch_file
@@ -263,15 +265,15 @@ def run_pipeline(job: Job):
             store=str(store),
         )
     # Partition outputs worth keeping go to the store; the rest of a run's data dies with it.
-    with tempfile.TemporaryDirectory(prefix="quakecat-run-") as raw:
+    with run_scratch() as raw:
         runner = flyte.with_runcontext(
-            mode="local", raw_data_path=raw, disable_run_cache=not job.cache
+            mode="local", raw_data_path=str(raw), disable_run_cache=not job.cache
         )
         # Local runs keep their metadata in /tmp/flyte/metadata/<run>, which nothing cleans up
         # (hundreds of MB after a few archive runs), and flyte 2.12 has no public option for
         # it: keep it with the run's raw data instead, which goes with the run.
         if hasattr(runner, "_metadata_path"):
-            runner._metadata_path = str(Path(raw) / "metadata")
+            runner._metadata_path = str(raw / "metadata")
         run = runner.run(
             etl,
             start=job.window.start,
@@ -386,13 +388,35 @@ def _user_message(exc: BaseException) -> str:
     return str(exc)
 
 
+# How a signal that stops a run is reported: the word and the exit code (128 + the signal).
+_STOPPED = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
+_signals_received: list[int] = []
+
+
+def _stop(signum: int, frame: object) -> None:
+    # Remembered, since a DuckDB query under way turns the interrupt into its own error.
+    _signals_received.append(signum)
+    raise KeyboardInterrupt
+
+
 def entry_point() -> int:
     """The console script and ``python -m pipelines.cli``: one command, then the process ends."""
     # What the imports built (Flyte, DuckDB, pyarrow, ...) lives as long as the process: out of
     # the collector's sight, full collections during the run and the one at exit skip it
     # (0.15 s of every exit).
     gc.freeze()
-    return main()
+    # SIGTERM (a scheduler, `timeout`, `kill`) ends a run as Ctrl-C does; by default it would
+    # end the process on the spot, with the run's scratch files left behind.
+    for signum in _STOPPED:
+        signal.signal(signum, _stop)
+    code = main()
+    if _signals_received:
+        # The run's task threads may still be inside DuckDB or pyarrow, and finalizing the
+        # interpreter under them aborts it with a fatal-error dump: the process ends here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,10 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"quakecat: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("quakecat: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except Exception as exc:
+    except (KeyboardInterrupt, Exception) as exc:
+        if isinstance(exc, KeyboardInterrupt) or _signals_received:
+            what, code = _STOPPED[_signals_received[0] if _signals_received else signal.SIGINT]
+            print(f"quakecat: {what}; no output was written", file=sys.stderr)
+            return code
         if verbose:
             raise
         print(f"quakecat: error: {_user_message(exc)}", file=sys.stderr)

@@ -1,12 +1,15 @@
-"""Atomic output files: readers see the old file or the new one, never a half-written one."""
+"""Atomic output files (readers see the old file or the new one, never a half-written one),
+and a run's scratch space, which goes with the run however it ends."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from flyte.io import File
@@ -37,11 +40,40 @@ def publish(file: File, out: Path) -> Path:
     return out
 
 
+_RUN_SCRATCH = "quakecat-run-"
+
+
+@contextlib.contextmanager
+def run_scratch() -> Iterator[Path]:
+    """A folder in the system's temporary folder for everything one local run writes on the
+    side: Flyte's raw data and the tasks' working copies (``tempfile`` puts them here while the
+    run lasts). Removed when the run ends, however it ends; what a killed run left (its pid is
+    in the name) is removed by the next run.
+    """
+    base = Path(tempfile.gettempdir())
+    for orphan in _of_dead_processes(base.glob(f"{_RUN_SCRATCH}*"), _RUN_SCRATCH):
+        shutil.rmtree(orphan, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{_RUN_SCRATCH}{os.getpid()}-", dir=base))
+    previous, tempfile.tempdir = tempfile.tempdir, str(scratch)
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _remove_orphans(out: Path) -> None:
-    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
-        pid = leftover.name.removeprefix(f".{out.name}.").split("-", 1)[0]
+    partials = out.parent.glob(f".{glob.escape(out.name)}.*.partial")
+    for leftover in _of_dead_processes(partials, f".{out.name}."):
+        leftover.unlink(missing_ok=True)
+
+
+def _of_dead_processes(paths: Iterable[Path], prefix: str) -> Iterator[Path]:
+    """The paths named ``PREFIX PID-...`` whose process is gone."""
+    for path in paths:
+        pid = path.name.removeprefix(prefix).split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
-            leftover.unlink(missing_ok=True)
+            yield path
 
 
 def _alive(pid: int) -> bool:

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -369,7 +370,7 @@ def test_overlapping_runs_and_a_revised_event_give_one_row_per_event_with_newest
 
 
 def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
-    service: FakeFDSN, quakecat, tmp_path
+    service: FakeFDSN, quakecat, tmp_path, monkeypatch
 ):
     out = tmp_path / "out" / "quakes.duckdb"
     window = ("--start", "2024-05-01", "--end", "2024-05-03", "--base-url", service.base_url)
@@ -390,7 +391,7 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while not any(scratch.glob("quakecat-load-*/quakes.duckdb")):
+    while not any(scratch.glob("quakecat-run-*/quakecat-load-*/quakes.duckdb")):
         assert child.poll() is None, "the run ended before its load began"
         assert time.monotonic() < deadline
         time.sleep(0.005)
@@ -403,12 +404,54 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
         "quakes.duckdb",
         "report.html",
     ]
-    # The next run is not tripped up by anything the killed one left, and tidies the orphan.
+    (left,) = scratch.iterdir()
+    assert left.name.startswith(f"quakecat-run-{child.pid}-")
+    # The next run is not tripped up by anything the killed one left, and tidies the orphans.
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     code, _, stderr = quakecat(*window[:2], "--end", "2024-05-06", *window[4:], "--out", str(out))
     assert (code, stderr) == (0, "")
     assert sorted(p.name for p in out.parent.iterdir()) == ["quakes.duckdb", "report.html"]
+    assert list(scratch.iterdir()) == []
     with duckdb.connect(str(out), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM etl_runs").fetchall() == [(2,)]
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_next_run_leaves_no_scratch(
+    service: FakeFDSN, tmp_path
+):
+    out = tmp_path / "out" / "quakes.duckdb"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+
+    def start(end: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "etl", "--start", "2024-05-01", "--end", end,
+             "--base-url", service.base_url, "--out", str(out), "--no-cache"],
+            env={**os.environ, "TMPDIR": str(scratch)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+
+    def finish(run: subprocess.Popen) -> tuple[int, str]:
+        _, stderr = run.communicate()
+        return run.returncode, stderr
+
+    assert finish(start("2024-05-03")) == (0, "")
+    before = out.read_bytes()
+    child = start("2024-05-06")
+    deadline = time.monotonic() + 60
+    # A stage or the load under way: DuckDB busy in one of the run's task threads.
+    while not any(scratch.glob("quakecat-run-*/quakecat-*/quakes.duckdb")):
+        assert child.poll() is None, "the run ended before anything was stored"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    child.send_signal(signal.SIGTERM)
+
+    assert finish(child) == (143, "quakecat: terminated; no output was written\n")
+    assert out.read_bytes() == before
+    assert finish(start("2024-05-06")) == (0, "")
+    assert list(scratch.iterdir()) == []
 
 
 def test_a_run_leaves_no_flyte_metadata_behind(service: FakeFDSN, quakecat, tmp_path):
