@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import gc
 import logging
+import math
 import os
 import shutil
 import signal
@@ -45,11 +46,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _finite(text: str) -> float:
+    value = float(text)  # a ValueError reads "invalid float value"
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+_finite.__name__ = "float"
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not 0 < value < math.inf:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
         return value
 
     parse.__name__ = kind.__name__
@@ -62,7 +73,7 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
         "--start", help="inclusive; a date or ISO-8601 UTC time (default: 7 days ago)"
     )
     parser.add_argument("--end", help="exclusive; a date or ISO-8601 UTC time (default: now)")
-    parser.add_argument("--min-magnitude", type=float, help="only events at or above this")
+    parser.add_argument("--min-magnitude", type=_finite, help="only events at or above this")
     # Defaults are the client's; argparse writes them into the help (%(default)).
     parser.add_argument(
         "--max-in-flight",
@@ -109,8 +120,8 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         choices=FORMATS,
-        default="duckdb",
-        help="database file format (default %(default)s; sqlite stores times as ISO-8601 text)",
+        help="database file format (default: as --out's suffix says, .sqlite or .sqlite3 for"
+        " sqlite, else duckdb; sqlite stores times as ISO-8601 text)",
     )
     parser.add_argument(
         "--settle-days",
@@ -185,18 +196,35 @@ def _settings(args: argparse.Namespace, base_url: str) -> ClientSettings:
     )
 
 
-def _job(args: argparse.Namespace, window: Window, settings: ClientSettings, out: Path) -> Job:
+def _job(
+    args: argparse.Namespace, window: Window, settings: ClientSettings, out: Path, fmt: str
+) -> Job:
     return Job(
         window=window,
         settings=settings,
         out=out,
         min_magnitude=args.min_magnitude,
-        fmt=args.format,
+        fmt=fmt,
         cache=not args.no_cache,
         settle_days=args.settle_days,
         progress=not args.quiet,
         verbose=args.verbose,
     )
+
+
+_SUFFIX_FORMATS = {".duckdb": "duckdb", ".sqlite": "sqlite", ".sqlite3": "sqlite"}
+
+
+def _file_format(fmt: str | None, out: Path | None) -> str:
+    """--format, else what --out's suffix says, else DuckDB; a contradiction is refused, since
+    a SQLite file named .duckdb (or the other way round) fails whoever opens it by its name."""
+    named = _SUFFIX_FORMATS.get(out.suffix.lower()) if out else None
+    if fmt and named and fmt != named:
+        raise UsageError(
+            f"--out {out} is named as a {named} file but --format is {fmt}; "
+            "change the suffix or leave --format out"
+        )
+    return fmt or named or "duckdb"
 
 
 def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
@@ -347,9 +375,10 @@ def _print_summary(summary, out: Path, seconds: float) -> None:
 def cmd_etl(args: argparse.Namespace) -> int:
     window = _window(args)
     settings = _settings(args, args.base_url)
-    out = _check_out(args.out, args.format, DEFAULT_OUT)
+    fmt = _file_format(args.format, args.out)
+    out = _check_out(args.out, fmt, DEFAULT_OUT)
     began = time.monotonic()
-    summary = run_pipeline(_job(args, window, settings, out))
+    summary = run_pipeline(_job(args, window, settings, out, fmt))
     _print_summary(summary, out, time.monotonic() - began)
     return EXIT_OK
 
@@ -358,12 +387,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.fdsn.fake import FakeFDSN, generate_catalogue
 
     window = _window(args)
-    out = _check_out(args.out, args.format, DEFAULT_DEMO_OUT)
+    fmt = _file_format(args.format, args.out)
+    out = _check_out(args.out, fmt, DEFAULT_DEMO_OUT)
     catalogue = generate_catalogue(window.start, window.end)
     with FakeFDSN(catalogue) as service:
         print(f"fake FDSN service at {service.base_url} holding {len(catalogue.events):,} events")
         began = time.monotonic()
-        summary = run_pipeline(_job(args, window, _settings(args, service.base_url), out))
+        summary = run_pipeline(_job(args, window, _settings(args, service.base_url), out, fmt))
     _print_summary(summary, out, time.monotonic() - began)
     expected = catalogue.count(window.start, window.end, args.min_magnitude)
     if summary.events_loaded != expected:

@@ -140,7 +140,11 @@ def test_start_after_end_exits_2_and_writes_nothing(quakecat, tmp_path):
     [
         (["--start", "yesterday"], "--start 'yesterday' is not a date (2024-05-01) or ISO-8601"),
         (["--base-url", "file:///etc"], "--base-url must be an http(s) URL"),
-        (["--max-in-flight", "0"], "argument --max-in-flight: must be > 0, got 0"),
+        (["--max-in-flight", "0"], "argument --max-in-flight: must be > 0 and finite, got 0"),
+        (["--backoff", "nan"], "argument --backoff: must be > 0 and finite, got nan"),
+        (["--read-timeout", "inf"], "argument --read-timeout: must be > 0 and finite, got inf"),
+        (["--min-magnitude", "nan"], "argument --min-magnitude: must be a finite number, got nan"),
+        (["--min-magnitude", "big"], "argument --min-magnitude: invalid float value: 'big'"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(quakecat, tmp_path, argv, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import duckdb
@@ -95,12 +96,41 @@ def test_a_second_sqlite_run_adds_to_the_archive(service: FakeFDSN, quakecat, tm
 
 
 def test_an_out_file_of_the_other_format_is_refused(service: FakeFDSN, quakecat, tmp_path):
-    duck = tmp_path / "q.duckdb"
+    duck = tmp_path / "q.db"  # a suffix that names neither format
     window = ("--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url)
     assert quakecat(*window, "--out", str(duck))[0] == 0
     code, _, stderr = quakecat(*window, "--format", "sqlite", "--out", str(duck))
     assert code == 2
     assert stderr.startswith(f"quakecat: error: --out {duck} is not a quakecat SQLite database (")
+
+
+@pytest.mark.parametrize("suffix", [".sqlite", ".SQLite3"])
+def test_an_out_named_as_sqlite_is_written_as_sqlite(service: FakeFDSN, quakecat, tmp_path, suffix):
+    lite = tmp_path / f"q{suffix}"
+    window = ("--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url)
+    assert quakecat(*window, "--out", str(lite))[:3:2] == (0, "")
+    with contextlib.closing(sqlite3.connect(lite)) as con:
+        ((events,),) = con.execute("SELECT count(*) FROM events").fetchall()
+    assert events == service.catalogue.count(utc(2024, 5, 1), utc(2024, 5, 2))
+
+
+@pytest.mark.parametrize(("name", "fmt", "named"), [("q.duckdb", "sqlite", "duckdb"),
+                                                    ("q.sqlite", "duckdb", "sqlite")])  # fmt: skip
+def test_a_format_that_contradicts_the_out_suffix_exits_2_before_any_request(
+    service: FakeFDSN, quakecat, tmp_path, name, fmt, named
+):
+    out = tmp_path / name
+    code, _, stderr = quakecat(
+        "--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url,
+        "--format", fmt, "--out", str(out),
+    )  # fmt: skip
+    assert code == 2
+    assert stderr == (
+        f"quakecat: error: --out {out} is named as a {named} file but --format is {fmt}; "
+        "change the suffix or leave --format out\n"
+    )
+    assert service.log == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_either_format_tells_the_next_run_which_extracts_it_holds(
