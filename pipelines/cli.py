@@ -34,6 +34,7 @@ from pipelines.files import publish, run_scratch
 from pipelines.load import FORMATS, Archive, IncompatibleDatabase, check_database
 from pipelines.plan import Window, check_window, default_window, parse_time
 from pipelines.remote import fetch_file
+from pipelines.version import CODE_VERSION
 
 DEFAULT_OUT = Path("data/quakes.duckdb")
 DEFAULT_DEMO_OUT = Path("data/demo.duckdb")
@@ -141,6 +142,7 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="quakecat", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {CODE_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     etl = commands.add_parser("etl", help="fetch a window of the catalogue into a database file")

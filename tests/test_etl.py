@@ -222,6 +222,17 @@ def test_an_archive_this_quakecat_cannot_add_to_exits_2_untouched(
     assert service.log == []
 
 
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"quakecat {version('quakecat')}\n"
+
+
 def test_console_script_reports_one_line_without_traceback(tmp_path):
     result = subprocess.run(
         [
