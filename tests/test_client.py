@@ -117,6 +117,18 @@ def test_a_transient_status_is_retried_even_as_a_web_page(service: FakeFDSN):
     assert (stats.requests, stats.retries) == (3, 1)
 
 
+def test_a_host_without_an_address_is_named_as_such():
+    # .invalid is reserved (RFC 2606): no resolver has an address for it.
+    base = "http://no-such-host.invalid/fdsnws/event/1"
+    client = FdsnClient(ClientSettings(base_url=base, max_attempts=1))
+    with pytest.raises(QuakecatError) as caught:
+        client.get("count", {}, bytes, FetchStats())
+    assert str(caught.value) == (
+        f"{base}/count failed after 1 attempt; last error: could not resolve the host name."
+        " Check --base-url and this machine's network"
+    )
+
+
 def test_user_agent_names_quakecat_and_its_version():
     assert USER_AGENT.startswith("quakecat/0.1.0 ")
 

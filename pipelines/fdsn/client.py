@@ -19,7 +19,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 import requests
-from urllib3.exceptions import MaxRetryError
+from urllib3.exceptions import MaxRetryError, NameResolutionError
 from urllib3.util.retry import Retry
 
 from pipelines.errors import BadBody, QuakecatError, UsageError
@@ -203,8 +203,8 @@ class FdsnClient:
                     policy = policy.increment("GET", url, error=problem)
             except MaxRetryError:
                 raise QuakecatError(
-                    f"{url} failed after {self.settings.max_attempts} attempts; "
-                    f"last error: {_describe(problem)}. Check the service or try again later"
+                    f"{url} failed after {_attempts(self.settings.max_attempts)}; "
+                    f"last error: {_describe(problem)}. {_advice(problem)}"
                 ) from None
             stats.retries += 1
             policy.sleep(retry_after_source)
@@ -251,14 +251,32 @@ def _service_message(body: bytes) -> str:
     return ": ".join(lines[:2])[:300] or "(empty body)"
 
 
+def _attempts(n: int) -> str:
+    return "1 attempt" if n == 1 else f"{n} attempts"
+
+
 def _describe(problem: Exception | None) -> str:
     if isinstance(problem, requests.exceptions.Timeout):
         return "timed out"
+    if _unresolved(problem):
+        return "could not resolve the host name"
     if isinstance(problem, requests.exceptions.ConnectionError) and not isinstance(
         problem, requests.exceptions.ChunkedEncodingError
     ):
         return "could not connect"
     return str(problem) if problem else "unknown"
+
+
+def _advice(problem: Exception | None) -> str:
+    if _unresolved(problem):
+        return "Check --base-url and this machine's network"
+    return "Check the service or try again later"
+
+
+def _unresolved(problem: Exception | None) -> bool:
+    """No address for the host: a mistyped --base-url, or no network (or DNS) here."""
+    failure = problem.args[0] if isinstance(problem, requests.ConnectionError) else None
+    return isinstance(getattr(failure, "reason", None), NameResolutionError)
 
 
 @functools.cache
