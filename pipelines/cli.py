@@ -30,7 +30,7 @@ from flyte.io import File
 
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
-from pipelines.files import publish, run_scratch
+from pipelines.files import one_writer, publish, run_scratch
 from pipelines.load import FORMATS, Archive, IncompatibleDatabase, check_database
 from pipelines.plan import Window, check_window, default_window, parse_time
 from pipelines.remote import fetch_file
@@ -275,7 +275,13 @@ class Job:
 
 
 def run_pipeline(job: Job):
-    """Run the pipeline locally and publish its database and report beside each other."""
+    """Run the pipeline locally and publish its database and report beside each other, as the
+    one writer of ``job.out`` (the archive is read under the same lock)."""
+    with one_writer(job.out):
+        return _run_pipeline(job)
+
+
+def _run_pipeline(job: Job):
     from pipelines.etl import Incremental, etl
     from pipelines.extract import FetchRequest
 
@@ -407,7 +413,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from pipelines.remote import download_database, table_counts
 
-    path = download_database(args.run, _check_out(args.out, "duckdb", DEFAULT_OUT))
+    out = _check_out(args.out, "duckdb", DEFAULT_OUT)
+    with one_writer(out):
+        path = download_database(args.run, out)
     print(f"downloaded  {path}")
     for table, rows in table_counts(path).items():
         print(f"  {table:<20} {rows:>12,} rows")

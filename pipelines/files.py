@@ -1,9 +1,11 @@
-"""Atomic output files (readers see the old file or the new one, never a half-written one),
-and a run's scratch space, which goes with the run however it ends."""
+"""Output files: written atomically (readers see the old file or the new one, never a
+half-written one) by one writer at a time; and a run's scratch space, which goes with the run
+however it ends."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import shutil
@@ -13,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from flyte.io import File
+
+from pipelines.errors import UsageError
 
 
 @contextlib.contextmanager
@@ -31,6 +35,45 @@ def partial_beside(out: Path) -> Iterator[Path]:
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def one_writer(out: Path) -> Iterator[None]:
+    """Held while ``out`` is being made: a second run would start from the same old file, and
+    whichever published last would silently drop what the other one added.
+
+    An flock on ``.NAME.lock`` beside ``out`` (the kernel lets go of it when its process dies,
+    however it dies), holding the writer's pid for the message; removed by its holder.
+    """
+    lock = out.with_name(f".{out.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 20, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(
+                f"--out {out} is being written by another quakecat process (pid {holder}); "
+                "wait for it to end or choose another --out"
+            ) from None
+        if _still_at(fd, lock):
+            break
+        os.close(fd)  # its holder removed it as we opened it: take the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # still held, so no one else is using it
+        os.close(fd)
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def publish(file: File, out: Path) -> Path:

@@ -20,6 +20,7 @@ import pytest
 from pipelines.analytics import ANALYTICS_TABLES
 from pipelines.fdsn.client import USGS_BASE_URL
 from pipelines.fdsn.fake import BASE_PATH, Catalogue, FakeFDSN
+from pipelines.files import one_writer
 from tests.conftest import utc
 
 pytestmark = pytest.mark.slow
@@ -416,6 +417,7 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
     assert out.read_bytes() == before
     assert sorted(p.name for p in out.parent.iterdir()) == [
         ".quakes.duckdb." + f"{dead}-0badcafe.partial",
+        ".quakes.duckdb.lock",  # its flock went with the process; the next writer takes it
         "quakes.duckdb",
         "report.html",
     ]
@@ -431,8 +433,30 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
         assert con.execute("SELECT count(*) FROM etl_runs").fetchall() == [(2,)]
 
 
+def test_a_second_writer_of_the_same_out_exits_2_before_any_request(
+    service: FakeFDSN, quakecat, tmp_path
+):
+    out = tmp_path / "quakes.duckdb"
+    window = ("--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url)
+    assert quakecat(*window, "--out", str(out))[0] == 0
+    before = out.read_bytes()
+    service.reset_log()
+    with one_writer(out):  # as a run in another process holds it
+        code, _, stderr = quakecat(*window, "--out", str(out))
+    assert code == 2
+    assert stderr == (
+        f"quakecat: error: --out {out} is being written by another quakecat process (pid"
+        f" {os.getpid()}); wait for it to end or choose another --out\n"
+    )
+    assert service.log == []
+    assert out.read_bytes() == before
+    # Once it is free, the next run writes, and leaves no lock behind.
+    assert quakecat(*window, "--out", str(out))[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quakes.duckdb", "report.html"]
+
+
 def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_next_run_leaves_no_scratch(
-    service: FakeFDSN, tmp_path
+    service: FakeFDSN, quakecat, tmp_path
 ):
     out = tmp_path / "out" / "quakes.duckdb"
     scratch = tmp_path / "tmp"
@@ -461,6 +485,13 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_next_run_leaves_no_scratch(
         assert child.poll() is None, "the run ended before anything was stored"
         assert time.monotonic() < deadline
         time.sleep(0.005)
+    # Meanwhile, a second writer of the same file is turned away, told whom to wait for.
+    assert quakecat("--start", "2024-05-01", "--base-url", service.base_url, "--out", str(out)) == (
+        2,
+        "",
+        f"quakecat: error: --out {out} is being written by another quakecat process (pid"
+        f" {child.pid}); wait for it to end or choose another --out\n",
+    )
     child.send_signal(signal.SIGTERM)
 
     assert finish(child) == (143, "quakecat: terminated; no output was written\n")

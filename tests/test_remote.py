@@ -541,7 +541,7 @@ def test_cli_download_without_a_cluster_exits_1_with_one_line(
     out = tmp_path / "q.duckdb"
     assert main(["download", "--out", str(out)]) == 1
     assert capsys.readouterr().err == f"quakecat: error: {NO_CLUSTER}\n"
-    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no file, and no lock left behind
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
