@@ -448,7 +448,8 @@ def entry_point() -> int:
     # SIGTERM (a scheduler, `timeout`, `kill`) ends a run as Ctrl-C does; by default it would
     # end the process on the spot, with the run's scratch files left behind.
     for signum in _STOPPED:
-        signal.signal(signum, _stop)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # as a shell leaves it for `cmd &`
+            signal.signal(signum, _stop)
     code = main()
     if _signals_received:
         # The run's task threads may still be inside DuckDB or pyarrow, and finalizing the
