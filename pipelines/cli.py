@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import flyte
 import flyte.config
@@ -439,7 +440,7 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def entry_point() -> int:
+def entry_point() -> NoReturn:
     """The console script and ``python -m pipelines.cli``: one command, then the process ends."""
     # What the imports built (Flyte, DuckDB, pyarrow, ...) lives as long as the process: out of
     # the collector's sight, full collections during the run and the one at exit skip it
@@ -451,13 +452,14 @@ def entry_point() -> int:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # as a shell leaves it for `cmd &`
             signal.signal(signum, _stop)
     code = main()
-    if _signals_received:
-        # The run's task threads may still be inside DuckDB or pyarrow, and finalizing the
-        # interpreter under them aborts it with a fatal-error dump: the process ends here.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    # The command is done, and the process ends here, without the interpreter's teardown (as
+    # mypy's does): freeing everything Flyte, DuckDB and pyarrow built took 0.05 s of every
+    # run, and after a signal, task threads still inside DuckDB or pyarrow made it abort with
+    # a fatal-error dump. Only the standard streams hold anything unwritten; Flyte's cache
+    # commits as it writes.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -486,4 +488,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(entry_point())
+    entry_point()
