@@ -33,6 +33,10 @@ def _bands(bands: list[tuple[pl.Expr, str]]) -> pl.Expr:
 
 
 def derive(events: pa.Table) -> pa.Table:
+    if not events.num_rows:
+        # Nothing to derive, and no polars import (0.07 s) for it: a re-run's revisions are
+        # often none.
+        return EVENTS_SCHEMA.empty_table()
     import polars as pl
 
     mag, depth = pl.col("mag"), pl.col("depth_km")

@@ -78,3 +78,9 @@ def test_flags_follow_type_and_status_and_keep_nulls():
         {"is_earthquake": [True, False, None], "is_reviewed": [True, False, None]}
     )
     assert_frame_equal(got, expected)
+
+
+def test_no_events_derive_no_rows_of_the_same_schema_as_some_do():
+    empty = derive(_events(mag=[1.0]).slice(0, 0))
+    assert empty.schema == derive(_events(mag=[1.0])).schema == EVENTS_SCHEMA
+    assert empty.num_rows == 0
