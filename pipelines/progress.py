@@ -1,9 +1,11 @@
-"""A one-line progress display for long local runs: partitions, events, requests, retries."""
+"""A one-line progress display for long local runs: partitions, events, requests, retries, and
+the time left."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from pipelines.fdsn.client import FetchStats
@@ -12,12 +14,20 @@ from pipelines.fdsn.client import FetchStats
 class Progress:
     """Redraws one line on a terminal; silent when disabled or when the stream is not a TTY."""
 
-    def __init__(self, total: int, *, enabled: bool, stream: TextIO | None = None):
+    def __init__(
+        self,
+        total: int,
+        *,
+        enabled: bool,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.stream = stream or sys.stderr
         self.enabled = enabled and self.stream.isatty()
         self.total, self.done, self.cached = total, 0, 0
         self.stats = FetchStats()
-        self.began = time.monotonic()
+        self.clock = clock
+        self.began = clock()
 
     def advance(self, stats: FetchStats, *, cached: bool) -> None:
         self.done += 1
@@ -35,10 +45,18 @@ class Progress:
     def _draw(self) -> None:
         if not self.enabled:
             return
-        s = self.stats
+        s, elapsed = self.stats, self.clock() - self.began
         self.stream.write(
             f"\rpartitions {self.done}/{self.total} ({self.cached} cached)  events {s.events:,}  "
             f"requests {s.requests:,}  retries {s.retries:,}  "
-            f"{s.bytes_received / 2**20:,.1f} MiB  {time.monotonic() - self.began:,.0f} s "
+            f"{s.bytes_received / 2**20:,.1f} MiB  {elapsed:,.0f} s{self._left(elapsed)} "
         )
         self.stream.flush()
+
+    def _left(self, elapsed: float) -> str:
+        # At the pace of the partitions fetched so far (cached ones take no time); the first
+        # one alone says little, since the first partitions arrive together.
+        fetched = self.done - self.cached
+        if fetched < 2 or self.done == self.total:
+            return ""
+        return f"  ~{elapsed / fetched * (self.total - self.done):,.0f} s left"

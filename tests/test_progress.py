@@ -27,6 +27,25 @@ def test_progress_redraws_one_line_per_partition_on_a_terminal():
     assert screen.getvalue().endswith("\n")
 
 
+def test_time_left_follows_the_pace_of_the_fetched_partitions():
+    screen, now = _Terminal(), [100.0]
+    board = Progress(6, enabled=True, stream=screen, clock=lambda: now[0])
+    for at, cached in [(104.0, False), (104.0, True), (110.0, False), (112.0, False)]:
+        now[0] = at
+        board.advance(FetchStats(requests=1), cached=cached)
+    for _ in range(2):
+        board.advance(FetchStats(requests=1), cached=True)
+    lines = screen.getvalue().split("\r")[1:]
+    assert [line.split("MiB  ")[1].strip() for line in lines] == [
+        "4 s",  # one partition fetched says too little
+        "4 s",
+        "10 s  ~15 s left",  # 5 s per fetched partition, 3 to go
+        "12 s  ~8 s left",  # 4 s per fetched partition, 2 to go
+        "12 s  ~4 s left",
+        "12 s",  # done
+    ]
+
+
 def test_progress_is_silent_when_not_a_terminal_or_disabled():
     piped, quiet = io.StringIO(), _Terminal()
     for board in (
