@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import duckdb
 
 from pipelines.transform import MAG_CLASSES
-from schemas.tables import EVENTS
+from schemas.tables import EVENTS, duckdb_comments
 
 SOURCE = EVENTS.name
 
@@ -335,6 +335,10 @@ def materialise(con: duckdb.DuckDBPyConnection) -> None:
         for model in MODELS:
             con.execute(f'DROP TABLE IF EXISTS "{model.name}"')
             con.execute(f'CREATE TABLE "{model.name}" AS {model.sql}', list(model.params))
+            for comment in duckdb_comments(
+                model.name, model.grain, model.key, invariants=model.invariants
+            ):
+                con.execute(comment)
     except BaseException:
         con.execute("ROLLBACK")
         raise

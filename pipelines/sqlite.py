@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from schemas.tables import TABLES, duckdb_ddl
+from schemas.tables import TABLES, duckdb_create
 
 _KEYS = {table.name: table.key for table in TABLES}
 _BATCH_ROWS = 50_000
@@ -91,7 +91,8 @@ def import_sqlite(sqlite_path: Path, duckdb_path: Path) -> None:
     ):
         con.execute("SET TimeZone = 'UTC'")
         for table in TABLES:
-            con.execute(duckdb_ddl(table))
+            for statement in duckdb_create(table):
+                con.execute(statement)
             columns = _columns(con, table.name)
             names = [name for name, _, _ in columns]
             staged_schema = pa.schema([(name, _staged_type(kind)) for name, kind, _ in columns])

@@ -5,11 +5,12 @@ SQL is derived from the Arrow schemas here; no other module spells a column list
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from schemas.events import EVENTS_SCHEMA, UTC_MS
+from schemas.events import EVENT_COLUMNS, EVENTS_SCHEMA, UTC_MS
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,13 @@ class Table:
     schema: pa.Schema
     grain: str
     key: tuple[str, ...]
+    # What a column holds, where it needs saying; written into the DuckDB file with the grain.
+    docs: Mapping[str, str] = field(default_factory=dict)
 
 
-EVENTS = Table("events", EVENTS_SCHEMA, "one row per event", ("id",))
+EVENTS = Table(
+    "events", EVENTS_SCHEMA, "one row per event", ("id",), {c.name: c.doc for c in EVENT_COLUMNS}
+)
 
 EVENT_IDS = Table(
     "event_ids",
@@ -127,3 +132,35 @@ def duckdb_ddl(table: Table) -> str:
         f'"{f.name}" {duckdb_type(f.type)}{"" if f.nullable else " NOT NULL"}' for f in table.schema
     ]
     return f'CREATE TABLE "{table.name}" (\n  ' + ",\n  ".join(cols) + "\n)"
+
+
+def duckdb_create(table: Table) -> list[str]:
+    """The statements that make ``table`` in a DuckDB file: its DDL, then its documentation."""
+    return [
+        duckdb_ddl(table),
+        *duckdb_comments(table.name, table.grain, table.key, docs=table.docs),
+    ]
+
+
+def duckdb_comments(
+    name: str,
+    grain: str,
+    key: Sequence[str],
+    *,
+    invariants: Sequence[str] = (),
+    docs: Mapping[str, str] | None = None,
+) -> list[str]:
+    """COMMENT statements that carry a table's documentation into the file itself, where
+    ``duckdb_tables()`` and ``duckdb_columns()`` show it to whoever opens the file."""
+    about = f"Grain: {grain}. Key: {', '.join(key) or 'none'}."
+    if invariants:
+        about += f" Invariants: {'; '.join(invariants)}."
+    return [f'COMMENT ON TABLE "{name}" IS {_text(about)}'] + [
+        f'COMMENT ON COLUMN "{name}"."{column}" IS {_text(doc)}'
+        for column, doc in (docs or {}).items()
+    ]
+
+
+def _text(value: str) -> str:
+    """A SQL string literal of ``value`` (documentation from this code, never from input)."""
+    return "'" + value.replace("'", "''") + "'"

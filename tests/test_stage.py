@@ -24,7 +24,7 @@ from pipelines.load import (
 )
 from pipelines.plan import Window
 from pipelines.transform import derive
-from schemas.events import RECORD_SCHEMA
+from schemas.events import EVENT_COLUMNS, RECORD_SCHEMA
 from schemas.tables import ETL_RUNS, TABLES
 from tests.conftest import parquet_files, run_record, utc
 
@@ -235,3 +235,31 @@ def test_every_key_is_unique_after_runs_in_batches_and_at_once(tmp_path: Path) -
                 ).fetchall()
                 assert repeated == [], table.name
         assert con.execute("SELECT count(*) FROM events").fetchall() == [(len(RUN_EVENTS),)]
+
+
+def test_the_file_documents_its_tables_and_the_event_columns(tmp_path: Path) -> None:
+    path = tmp_path / "archive.duckdb"
+    in_batches(path, partition_files(tmp_path / "parts", BATCHES), this_run("run-1"))
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = dict(
+            con.execute(
+                "SELECT table_name, comment FROM duckdb_tables() WHERE NOT internal"
+            ).fetchall()
+        )
+        columns = dict(
+            con.execute(
+                "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = 'events'"
+            ).fetchall()
+        )
+    assert sorted(tables) == sorted([t.name for t in TABLES] + list(ANALYTICS_TABLES))
+    assert tables["events"] == "Grain: one row per event. Key: id."
+    assert tables["loaded_extracts"].endswith(". Key: uri, fetched_at.")
+    assert tables["rejected_events"].endswith(". Key: none.")
+    assert tables["largest_events"] == (
+        "Grain: one row per event among the 100 largest by mag. Key: rank. Invariants: rank is"
+        " 1..n without gaps; mag is non-increasing with rank."
+    )
+    assert columns == {c.name: c.doc for c in EVENT_COLUMNS}
+    assert columns["depth_class"] == (
+        "shallow < 70 km <= intermediate <= 300 km < deep; NULL when depth_km is NULL."
+    )
