@@ -50,12 +50,10 @@ def ids(resp: requests.Response) -> list[str]:
     return [f["id"] for f in resp.json()["features"]]
 
 
-def test_year_generation_is_fast_and_realistic() -> None:
-    t0 = time.perf_counter()
+def test_year_generation_is_realistic() -> None:
+    # How fast it is, `just bench` reports ("catalogue: ... events in ... s"); no timed asserts.
     events = generate_catalogue(datetime(2024, 1, 1), datetime(2025, 1, 1), per_day=385.0).events
-    seconds = time.perf_counter() - t0
     assert 135_000 < len(events) < 147_000
-    assert seconds < 3.0
     assert [e.time_ms for e in events] == sorted(e.time_ms for e in events)
     assert len({e.id for e in events}) == len(events)
     feats = [msgspec.json.decode(e.raw) for e in events[:20_000]]
