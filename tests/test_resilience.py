@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import re
 
 import duckdb
 import pytest
 
+from pipelines.errors import QuakecatError
 from pipelines.extract import fetch_partition
 from pipelines.fdsn.client import ClientSettings, FdsnClient, FetchStats
 from pipelines.fdsn.fake import Catalogue, FakeFDSN, Faults, generate_catalogue
-from pipelines.plan import Window
+from pipelines.plan import Window, service_time
 from tests.conftest import utc
 
 pytestmark = pytest.mark.slow
@@ -179,3 +181,46 @@ def test_events_sharing_the_millisecond_a_full_page_ends_on_are_not_lost():
     assert sorted(ids) == sorted(e.id for e in catalogue.events)
     assert len(ids) == len(set(ids)) == len(catalogue.events)
     assert stats.splits == stats.requests - 1 >= 2
+
+
+def test_more_events_in_one_millisecond_than_the_limit_fail_naming_the_partition():
+    base = generate_catalogue(utc(2024, 5, 1), utc(2024, 5, 2), per_day=300, seed=9)
+    # Five events on one millisecond, with a search limit of four: no split can part them.
+    moment = base.events[50].time_ms
+
+    def pin(event):
+        feature = json.loads(event.raw)
+        feature["properties"]["time"] = moment
+        return dataclasses.replace(event, time_ms=moment, raw=json.dumps(feature).encode())
+
+    events = [*base.events[:50], *map(pin, base.events[50:55]), *base.events[55:]]
+    catalogue = Catalogue(tuple(sorted(events, key=lambda e: e.time_ms)))
+    day = Window(utc(2024, 5, 1), utc(2024, 5, 2))
+    with FakeFDSN(catalogue, max_allowed=4) as service:
+        client = FdsnClient(ClientSettings(base_url=service.base_url))
+        with pytest.raises(QuakecatError) as caught:
+            fetch_partition(client, day, None, 4, FetchStats())
+    at = service_time(dt.datetime.fromtimestamp(moment / 1000, dt.UTC))
+    assert str(caught.value) == (
+        f"{day.key}: more than 4 events from {at} on could not be told apart by time; lower the"
+        " window or ask the operators"
+    )
+
+
+def test_min_magnitude_asks_the_service_and_loads_exactly_what_it_selects(
+    service: FakeFDSN, quakecat, tmp_path
+):
+    out = tmp_path / "q.duckdb"
+    code, _, stderr = quakecat(
+        "--start", "2024-05-01", "--end", "2024-05-04", "--base-url", service.base_url,
+        "--min-magnitude", "2.5", "--out", str(out),
+    )  # fmt: skip
+    assert (code, stderr) == (0, "")
+    expected = service.catalogue.count(utc(2024, 5, 1), utc(2024, 5, 4), 2.5)
+    assert 0 < expected < service.catalogue.count(utc(2024, 5, 1), utc(2024, 5, 4))
+    with duckdb.connect(str(out), read_only=True) as con:
+        assert con.execute("SELECT count(*), min(mag) >= 2.5 FROM events").fetchall() == [
+            (expected, True)
+        ]
+        assert con.execute("SELECT min_magnitude FROM etl_runs").fetchall() == [(2.5,)]
+    assert {r.params.get("minmagnitude") for r in service.log} == {"2.5"}
