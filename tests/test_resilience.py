@@ -224,3 +224,24 @@ def test_min_magnitude_asks_the_service_and_loads_exactly_what_it_selects(
         ]
         assert con.execute("SELECT min_magnitude FROM etl_runs").fetchall() == [(2.5,)]
     assert {r.params.get("minmagnitude") for r in service.log} == {"2.5"}
+
+
+def test_a_no_data_answer_204_is_an_empty_window_not_a_fault(
+    may_catalogue: Catalogue, quakecat, tmp_path
+):
+    # The FDSN specification's default for a query that matches nothing (USGS sends 200).
+    out = tmp_path / "q.duckdb"
+    with FakeFDSN(may_catalogue, no_data_status=204) as service:
+        stats = FetchStats()
+        client = FdsnClient(ClientSettings(base_url=service.base_url))
+        got = fetch_partition(client, Window(utc(2024, 5, 1), utc(2024, 5, 2)), 9.5, 20_000, stats)
+        assert (got.events.num_rows, got.rejects.num_rows) == (0, 0)
+        assert (stats.requests, stats.retries) == (1, 0)
+        assert [(r.path, r.status, r.bytes_sent) for r in service.log] == [("query", 204, 0)]
+        code, stdout, stderr = quakecat(
+            "--start", "2024-05-01", "--end", "2024-05-03", "--base-url", service.base_url,
+            "--min-magnitude", "9.5", "--out", str(out),
+        )  # fmt: skip
+    assert (code, stderr) == (0, "")
+    assert "events      0 loaded, 0 rejected" in stdout
+    assert _loaded(out) == (0, 0)

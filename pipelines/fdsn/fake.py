@@ -369,6 +369,7 @@ class FakeFDSN:
         latency_s: float = 0.0,
         rate_bytes_per_s: float | None = None,
         faults: Faults | None = None,
+        no_data_status: int = 200,
     ) -> None:
         if rate_bytes_per_s is not None and rate_bytes_per_s <= 0:
             raise ValueError(f"rate_bytes_per_s must be > 0 or None, got {rate_bytes_per_s}")
@@ -379,6 +380,9 @@ class FakeFDSN:
         # connection, like a server that streams as it renders); None sends it at once.
         self.rate_bytes_per_s = rate_bytes_per_s
         self.faults = faults or Faults()
+        # How a query that matches nothing is answered: USGS sends 200 and an empty collection,
+        # the FDSN specification's default is 204 with no body.
+        self.no_data_status = no_data_status
         self.base_url = ""
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
@@ -456,8 +460,9 @@ class FakeFDSN:
                     LoggedRequest(n if counted else 0, path, params, status, sent, in_flight)
                 )
             h.send_response(status)
-            h.send_header("Content-Type", ctype)
-            h.send_header("Content-Length", str(len(body)))
+            if status != 204:  # which has no body to describe
+                h.send_header("Content-Type", ctype)
+                h.send_header("Content-Length", str(len(body)))
             for k, v in headers.items():
                 h.send_header(k, v)
             if fault == "truncated":
@@ -570,6 +575,8 @@ class FakeFDSN:
         }
         head = b'{"type":"FeatureCollection","metadata":' + msgspec.json.encode(meta)
         if not events:
+            if self.no_data_status == 204:
+                return 204, b""
             return 200, head + b',"features":[]}'  # the real empty answer has no bbox key
         cols = list(zip(*((e.lon, e.lat, e.depth) for e in events), strict=True))
         bbox = msgspec.json.encode([_num(min(c)) for c in cols] + [_num(max(c)) for c in cols])
