@@ -268,6 +268,19 @@ def test_demo_builds_the_database_the_service_holds(quakecat, tmp_path):
     assert loaded > 600
 
 
+@pytest.mark.parametrize(
+    ("fmt", "name"), [((), "demo.duckdb"), (("--format", "sqlite"), "demo.sqlite")]
+)
+def test_demo_without_out_writes_into_data_beside_its_report(
+    quakecat, tmp_path, monkeypatch, fmt, name
+):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = quakecat("demo", "--start", "2024-05-01", "--end", "2024-05-02", *fmt)
+    assert (code, stderr) == (0, "")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [name, "report.html"]
+    assert f"output      data/{name}\nreport      data/report.html\n" in stdout
+
+
 def test_invalid_records_are_quarantined_with_reason_and_raw_json(
     may_catalogue: Catalogue, quakecat, tmp_path
 ):
@@ -526,18 +539,36 @@ def test_an_out_path_that_cannot_be_written_exits_2_before_any_request(
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize(
+    ("out", "problem"),
+    [
+        ("/proc/q.duckdb", "cannot write in its folder /proc (No such file or directory); choose"),
+        ("/proc/new/q.duckdb", "cannot create its folder (No such file or directory)"),
+    ],
+)
 def test_an_out_folder_that_refuses_new_files_exits_2_before_any_request(
-    service: FakeFDSN, quakecat
+    service: FakeFDSN, quakecat, out, problem
 ):
-    # /proc refuses new files even to root, whom permission bits never stop.
+    # /proc refuses new files and folders even to root, whom permission bits never stop.
     code, _, stderr = quakecat(
         "--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url,
-        "--out", "/proc/q.duckdb",
+        "--out", out,
     )  # fmt: skip
     assert code == 2
-    assert stderr == (
-        "quakecat: error: --out /proc/q.duckdb: cannot write in its folder /proc (No such file"
-        " or directory); choose a writable path\n"
+    assert stderr.startswith(f"quakecat: error: --out {out}: {problem}")
+    assert stderr.count("\n") == 1
+    assert service.log == []
+
+
+def test_an_out_that_is_a_folder_exits_2_before_any_request(service: FakeFDSN, quakecat, tmp_path):
+    code, _, stderr = quakecat(
+        "--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url,
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert (code, stderr) == (
+        2,
+        f"quakecat: error: --out {tmp_path} is a directory; give a file path such as"
+        " data/quakes.duckdb\n",
     )
     assert service.log == []
 
