@@ -366,19 +366,27 @@ def _print_summary(summary, out: Path, seconds: float) -> None:
     counted = (
         f"service counted {summary.expected_events:,}; " if summary.expected_events >= 0 else ""
     )
-    print(
+    lines = [
         f"window      {summary.window_start:%Y-%m-%d %H:%M:%S} -> "
-        f"{summary.window_end:%Y-%m-%d %H:%M:%S} UTC\n"
+        f"{summary.window_end:%Y-%m-%d %H:%M:%S} UTC",
         f"partitions  {summary.partitions} ({summary.partitions_cached} from cache,"
-        f" {summary.partitions_staged} stored while fetching)\n"
+        f" {summary.partitions_staged} stored while fetching)",
         f"events      {summary.events_loaded:,} loaded, {summary.events_rejected:,} rejected "
-        f"({counted}{summary.events_total:,} in the file; {summary.revised_events:,} revised)\n"
+        f"({counted}{summary.events_total:,} in the file; {summary.revised_events:,} revised)",
         f"requests    {summary.requests:,} ({summary.retries:,} retries, {summary.splits:,} splits,"
-        f" {summary.bytes_received / 2**20:,.1f} MiB)\n"
-        f"seconds     {seconds:,.1f}\n"
-        f"output      {out}\n"
-        f"report      {report_path(out)}"
-    )
+        f" {summary.bytes_received / 2**20:,.1f} MiB)",
+    ]
+    if summary.events_rejected:
+        lines.append(
+            f"rejects     the {summary.events_rejected:,} are in table rejected_events, each with"
+            " its reason and the feature as sent"
+        )
+    lines += [
+        f"seconds     {seconds:,.1f}",
+        f"output      {out}",
+        f"report      {report_path(out)}",
+    ]
+    print("\n".join(lines))
 
 
 def cmd_etl(args: argparse.Namespace) -> int:

@@ -309,6 +309,10 @@ def test_invalid_records_are_quarantined_with_reason_and_raw_json(
         )  # fmt: skip
     assert (code, stderr) == (0, "")
     assert f"{len(chosen) - 3:,} loaded, 3 rejected" in stdout
+    assert (
+        "\nrejects     the 3 are in table rejected_events, each with its reason and the feature"
+        " as sent\n"
+    ) in stdout
     with duckdb.connect(str(out), read_only=True) as con:
         rejected = con.execute(
             "SELECT id, reason, json_extract(raw_json, '$.id') FROM rejected_events ORDER BY id"
