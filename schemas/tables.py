@@ -24,7 +24,14 @@ class Table:
 
 
 EVENTS = Table(
-    "events", EVENTS_SCHEMA, "one row per event", ("id",), {c.name: c.doc for c in EVENT_COLUMNS}
+    "events",
+    EVENTS_SCHEMA,
+    "one row per event",
+    ("id",),
+    {
+        c.name: f"{c.doc} Normalised: {c.normalise}." if c.normalise else c.doc
+        for c in EVENT_COLUMNS
+    },
 )
 
 EVENT_IDS = Table(

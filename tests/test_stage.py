@@ -259,7 +259,11 @@ def test_the_file_documents_its_tables_and_the_event_columns(tmp_path: Path) -> 
         "Grain: one row per event among the 100 largest by mag. Key: rank. Invariants: rank is"
         " 1..n without gaps; mag is non-increasing with rank."
     )
-    assert columns == {c.name: c.doc for c in EVENT_COLUMNS}
+    assert sorted(columns) == sorted(c.name for c in EVENT_COLUMNS)
     assert columns["depth_class"] == (
         "shallow < 70 km <= intermediate <= 300 km < deep; NULL when depth_km is NULL."
+    )
+    assert columns["status"] == (
+        "Review status: automatic, reviewed, deleted. Normalised: lower-cased (old answers send"
+        " REVIEWED)."
     )
