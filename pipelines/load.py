@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import html
+import re
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -117,6 +118,10 @@ def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None)
     return archive
 
 
+# DuckDB names the process that holds a file's write lock; SQLite only says it is locked.
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
+
+
 @contextlib.contextmanager
 def _database_errors_as_incompatible(path: Path, fmt: str) -> Iterator[None]:
     """Turn a database error while reading ``path`` into IncompatibleDatabase."""
@@ -124,6 +129,14 @@ def _database_errors_as_incompatible(path: Path, fmt: str) -> Iterator[None]:
         yield
     except (duckdb.Error, sqlite3.Error) as exc:
         reason = str(exc).splitlines()[0]
+        if "Could not set lock on file" in reason or reason == "database is locked":
+            # The file is fine, and in use: "remove it" would be the worst advice here.
+            holder = _LOCK_HOLDER.search(reason)
+            by = f" ({Path(holder[1]).name}, PID {holder[2]})" if holder else ""
+            raise IncompatibleDatabase(
+                f"{path} is open for writing in another program{by}; close it there and run"
+                " again (read-only connections do not get in the way)"
+            ) from None
         raise IncompatibleDatabase(
             f"{path} is not a quakecat {'SQLite' if fmt == 'sqlite' else 'DuckDB'} database "
             f"({reason}); choose another --out or remove it"

@@ -450,6 +450,35 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
         assert con.execute("SELECT count(*) FROM etl_runs").fetchall() == [(2,)]
 
 
+def test_an_archive_open_for_writing_elsewhere_exits_2_untouched_naming_the_holder(
+    service: FakeFDSN, quakecat, tmp_path
+):
+    out = tmp_path / "quakes.duckdb"
+    window = ("--start", "2024-05-01", "--end", "2024-05-02", "--base-url", service.base_url)
+    assert quakecat(*window, "--out", str(out))[0] == 0
+    before = out.read_bytes()
+    service.reset_log()
+    # Another program (a notebook, the duckdb shell) holds DuckDB's write lock on the file.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]);"
+         " print('open', flush=True); sys.stdin.read()", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "open\n"
+        code, _, stderr = quakecat(*window, "--out", str(out))
+    finally:
+        holder.communicate("")
+    assert code == 2
+    assert stderr == (
+        f"quakecat: error: --out {out} is open for writing in another program"
+        f" ({Path(sys.executable).resolve().name}, PID {holder.pid}); close it there and run"
+        " again (read-only connections do not get in the way)\n"
+    )
+    assert service.log == []
+    assert out.read_bytes() == before
+
+
 def test_a_second_writer_of_the_same_out_exits_2_before_any_request(
     service: FakeFDSN, quakecat, tmp_path
 ):
