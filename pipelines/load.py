@@ -139,7 +139,7 @@ def _database_errors_as_incompatible(path: Path, fmt: str) -> Iterator[None]:
             ) from None
         raise IncompatibleDatabase(
             f"{path} is not a quakecat {'SQLite' if fmt == 'sqlite' else 'DuckDB'} database "
-            f"({reason}); choose another --out or remove it"
+            f"({reason}); choose another --out (a file quakecat did not write is never replaced)"
         ) from None
 
 

@@ -185,7 +185,9 @@ def test_an_out_file_that_is_not_our_database_exits_2_untouched(quakecat, tmp_pa
     code, _, stderr = quakecat("--start", "2024-05-01", "--end", "2024-05-02", "--out", str(out))
     assert code == 2
     assert stderr.startswith(f"quakecat: error: --out {out} is not a quakecat DuckDB database (")
-    assert stderr.endswith("); choose another --out or remove it\n")
+    assert stderr.endswith(
+        "); choose another --out (a file quakecat did not write is never replaced)\n"
+    )
     assert out.read_bytes() == b"my notes"
 
 
