@@ -433,8 +433,16 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def _user_message(exc: BaseException) -> str:
     if isinstance(exc, flyte.errors.BaseRuntimeError):
-        return str(exc).splitlines()[0] if str(exc) else exc.code
-    return str(exc)
+        message = str(exc).splitlines()[0] if str(exc) else exc.code
+    else:
+        message = str(exc)
+    if "No space left on device" in message:
+        # Most of what a run writes is scratch: a long backfill can outgrow a small /tmp.
+        message += (
+            f"; free space there, or point TMPDIR at a larger disk for the run's scratch files"
+            f" (now {tempfile.gettempdir()})"
+        )
+    return message
 
 
 # How a signal that stops a run is reported: the word and the exit code (128 + the signal).

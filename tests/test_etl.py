@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -234,6 +235,43 @@ def test_version_prints_the_installed_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"quakecat {version('quakecat')}\n"
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs, where mounting one is allowed (root on Linux); skips elsewhere."""
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_scratch_disk_fails_with_one_line_saying_what_to_do(
+    service: FakeFDSN, quakecat, tmp_path, tiny_disk, monkeypatch
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tiny_disk))
+    out = tmp_path / "out" / "q.duckdb"
+    code, _, stderr = quakecat(
+        "--start", "2024-05-01", "--end", "2024-05-06", "--base-url", service.base_url,
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 1
+    # Which write meets the full disk first varies (DuckDB's WAL, a Parquet file, a copy).
+    assert stderr.startswith("quakecat: error: ") and "No space left on device" in stderr
+    assert stderr.endswith(
+        "; free space there, or point TMPDIR at a larger disk for the run's scratch files (now"
+        f" {tiny_disk})\n"
+    )
+    assert stderr.count("\n") == 1
+    assert not out.exists()
+    assert list(tiny_disk.iterdir()) == []
 
 
 def test_console_script_reports_one_line_without_traceback(tmp_path):
