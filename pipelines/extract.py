@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import uuid
 from dataclasses import dataclass
 
 import flyte
@@ -183,8 +184,13 @@ SETTLED = "settled"
 
 
 def stored_at(store: str, generation: str, partition: Window, source: Source) -> str | None:
-    """A stable place for a partition's events that outlives the run (and so its cache entry)."""
+    """A place for a partition's events that outlives the run (and so its cache entry).
+
+    Named by the partition and, after it, by this write alone: two runs that miss the cache for
+    the same partition at once (two archives filled side by side) each write their own files,
+    where one folder for both had a task read the other's half-written Parquet.
+    """
     if not store:
         return None
     digest = hashlib.sha256(repr((partition.key, source)).encode()).hexdigest()[:24]
-    return f"{store}/{generation}/{digest}"
+    return f"{store}/{generation}/{digest}-{uuid.uuid4().hex[:12]}"

@@ -35,9 +35,11 @@ def _iso(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _command(base_url: str, out: Path, *extra: str) -> list[str]:
+def _command(
+    base_url: str, out: Path, *extra: str, start: dt.datetime = START, end: dt.datetime = END
+) -> list[str]:
     return [
-        sys.executable, "-m", "pipelines.cli", "etl", "--start", _iso(START), "--end", _iso(END),
+        sys.executable, "-m", "pipelines.cli", "etl", "--start", _iso(start), "--end", _iso(end),
         "--base-url", base_url, "--out", str(out), "--backoff", "0.01", *extra,
     ]  # fmt: skip
 
@@ -240,3 +242,41 @@ def _cached_entries(cache_db: Path) -> int:
             return con.execute("SELECT count(*) FROM task_cache").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def test_two_archives_filled_side_by_side_share_the_cache_without_clashing(
+    home: Path, tmp_path: Path
+):
+    # Both runs miss the cache for the same settled months at the same moments (latency and a
+    # transfer cap keep their fetches side by side), so each writes those months' Parquet: one
+    # folder for both had a task read the other's half-written file (3 runs of 4 failed so).
+    start, end = dt.datetime(2023, 1, 1, tzinfo=dt.UTC), dt.datetime(2023, 7, 1, tzinfo=dt.UTC)
+    catalogue = generate_catalogue(start, end, per_day=300, seed=3)
+
+    def command(base_url: str, out: Path) -> list[str]:
+        return _command(base_url, out, start=start, end=end)
+
+    outs = [tmp_path / "a.duckdb", tmp_path / "b.duckdb", tmp_path / "c.duckdb"]
+    with FakeFDSN(catalogue, latency_s=0.2, rate_bytes_per_s=20e6) as service:
+        runs = [
+            subprocess.Popen(
+                command(service.base_url, out),
+                cwd=home,
+                env=_env(home),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for out in outs[:2]
+        ]
+        assert [(run.communicate()[1], run.returncode) for run in runs] == [("", 0), ("", 0)]
+        service.reset_log()
+        third = subprocess.run(
+            command(service.base_url, outs[2]), cwd=home, env=_env(home), capture_output=True
+        )
+        assert third.returncode == 0
+        asked = [r.params for r in service.requests_to("query")]
+    expected = catalogue.count(start, end)
+    assert [len(_events(out)) for out in outs] == [expected] * 3
+    # The cache the two filled serves the third run: one `updatedafter` query is all it asks.
+    assert [("updatedafter" in params) for params in asked] == [True]
