@@ -195,8 +195,9 @@ def test_filters_schema_and_no_cache_change_what_is_reused(
         assert [r.path for r in service.log].count("query") == 3
 
 
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_an_interrupted_run_resumes_with_the_partitions_it_had_not_finished(
-    home: Path, tmp_path: Path
+    home: Path, tmp_path: Path, stop: signal.Signals
 ):
     catalogue = generate_catalogue(START, END, per_day=40, seed=23)
     out = tmp_path / "q.duckdb"
@@ -214,8 +215,8 @@ def test_an_interrupted_run_resumes_with_the_partitions_it_had_not_finished(
         while _cached_entries(cache_db) < 2:
             assert child.poll() is None and time.monotonic() < deadline
             time.sleep(0.01)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        child.send_signal(stop)
+        assert child.wait() == (-9 if stop == signal.SIGKILL else 143)
         cached = {r.params["starttime"] for r in service.requests_to("query")}
         assert not out.exists()
         time.sleep(0.5)  # let the fake finish any answer the killed run was still waiting for
