@@ -258,8 +258,10 @@ def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
 
 
 def report_path(out: Path) -> Path:
-    """The HTML report lives beside the database: data/quakes.duckdb -> data/report.html."""
-    return out.with_name("report.html")
+    """The HTML report lives beside its database and is named after it, so that two databases
+    in one folder (data/quakes.duckdb, data/demo.duckdb) keep a report each:
+    data/quakes.duckdb -> data/quakes.duckdb.html."""
+    return out.with_name(f"{out.name}.html")
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,8 @@ def test_multi_day_window_loads_exactly_what_the_service_holds(
     # 2024-05-01T06 .. 2024-05-04 is shorter than a month: one partition per UTC day.
     assert run == (3, len(expected), len(expected), 0, 4, service.base_url)
     assert f"{len(expected):,} loaded, 0 rejected" in stdout
-    assert f"output      {out}\nreport      {tmp_path / 'report.html'}\n" in stdout
-    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert f"output      {out}\nreport      {out}.html\n" in stdout
+    page = Path(f"{out}.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")
     assert f"{len(expected):,}" in page
     assert [r.path for r in service.log] == ["count", "query", "query", "query"]
@@ -177,7 +177,7 @@ def test_unreachable_service_exits_1_and_leaves_existing_output_untouched(
         "could not connect. Check the service or try again later\n"
     )
     assert out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["quakes.duckdb", "report.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quakes.duckdb", "quakes.duckdb.html"]
 
 
 def test_an_out_file_that_is_not_our_database_exits_2_untouched(quakecat, tmp_path):
@@ -317,8 +317,20 @@ def test_demo_without_out_writes_into_data_beside_its_report(
     monkeypatch.chdir(tmp_path)
     code, stdout, stderr = quakecat("demo", "--start", "2024-05-01", "--end", "2024-05-02", *fmt)
     assert (code, stderr) == (0, "")
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [name, "report.html"]
-    assert f"output      data/{name}\nreport      data/report.html\n" in stdout
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [name, f"{name}.html"]
+    assert f"output      data/{name}\nreport      data/{name}.html\n" in stdout
+
+
+def test_two_databases_in_one_folder_keep_a_report_each(quakecat, tmp_path):
+    window = ("--start", "2024-05-01", "--end", "2024-05-02")
+    for name in ("quakes.duckdb", "demo.duckdb"):
+        assert quakecat("demo", *window, "--out", str(tmp_path / name))[:3:2] == (0, "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "demo.duckdb",
+        "demo.duckdb.html",
+        "quakes.duckdb",
+        "quakes.duckdb.html",
+    ]
 
 
 def test_invalid_records_are_quarantined_with_reason_and_raw_json(
@@ -476,7 +488,7 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
         ".quakes.duckdb." + f"{dead}-0badcafe.partial",
         ".quakes.duckdb.lock",  # its flock went with the process; the next writer takes it
         "quakes.duckdb",
-        "report.html",
+        "quakes.duckdb.html",
     ]
     (left,) = scratch.iterdir()
     assert left.name.startswith(f"quakecat-run-{child.pid}-")
@@ -484,7 +496,7 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     code, _, stderr = quakecat(*window[:2], "--end", "2024-05-06", *window[4:], "--out", str(out))
     assert (code, stderr) == (0, "")
-    assert sorted(p.name for p in out.parent.iterdir()) == ["quakes.duckdb", "report.html"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["quakes.duckdb", "quakes.duckdb.html"]
     assert list(scratch.iterdir()) == []
     with duckdb.connect(str(out), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM etl_runs").fetchall() == [(2,)]
@@ -538,7 +550,7 @@ def test_a_second_writer_of_the_same_out_exits_2_before_any_request(
     assert out.read_bytes() == before
     # Once it is free, the next run writes, and leaves no lock behind.
     assert quakecat(*window, "--out", str(out))[0] == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["quakes.duckdb", "report.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quakes.duckdb", "quakes.duckdb.html"]
 
 
 def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_next_run_leaves_no_scratch(

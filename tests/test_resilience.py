@@ -115,7 +115,7 @@ def test_a_service_that_stays_down_fails_with_the_url_and_last_status(
     )
     assert attempts == 3
     assert out.read_bytes() == yesterday
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.duckdb", "report.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.duckdb", "q.duckdb.html"]
 
 
 def test_the_politeness_budget_bounds_concurrency_across_50_partitions(quakecat, tmp_path):
