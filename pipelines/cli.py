@@ -39,6 +39,8 @@ from pipelines.version import CODE_VERSION
 
 DEFAULT_OUT = Path("data/quakes.duckdb")
 DEFAULT_DEMO_OUT = Path("data/demo.duckdb")
+# Not DEFAULT_OUT: a download would replace the archive that local runs build there.
+DEFAULT_DOWNLOAD_OUT = Path("data/remote.duckdb")
 DEFAULT_SETTLE_DAYS = 30.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -172,7 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         "download", help="download the database of a run on the cluster (default: the latest)"
     )
     download.add_argument("run", nargs="?", help="run name (default: latest successful etl run)")
-    download.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    download.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_DOWNLOAD_OUT,
+        help=f"default {DEFAULT_DOWNLOAD_OUT} (not the local runs' {DEFAULT_OUT})",
+    )
     download.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     return parser
 
@@ -424,7 +431,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     from pipelines.remote import download_database, table_counts
 
-    out = _check_out(args.out, "duckdb", DEFAULT_OUT)
+    out = _check_out(args.out, "duckdb", DEFAULT_DOWNLOAD_OUT)
     with one_writer(out):
         path = download_database(args.run, out)
     print(f"downloaded  {path}")

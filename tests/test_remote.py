@@ -555,3 +555,10 @@ def test_cli_download_to_a_folder_that_refuses_new_files_exits_2_before_the_clus
         "quakecat: error: --out /proc/q.duckdb: cannot write in its folder /proc (No such file or"
         " directory); choose a writable path\n"
     )
+
+
+def test_a_download_by_default_never_lands_on_the_local_runs_archive() -> None:
+    from pipelines.cli import DEFAULT_OUT, build_parser
+
+    target = build_parser().parse_args(["download"]).out
+    assert (target, DEFAULT_OUT) == (Path("data/remote.duckdb"), Path("data/quakes.duckdb"))
