@@ -31,7 +31,7 @@ from flyte.io import File
 
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
-from pipelines.files import one_writer, publish, run_scratch
+from pipelines.files import file_version, one_writer, publish, run_scratch
 from pipelines.load import FORMATS, Archive, IncompatibleDatabase, check_database
 from pipelines.plan import Window, check_window, default_window, parse_time
 from pipelines.remote import fetch_file
@@ -296,6 +296,7 @@ def _run_pipeline(job: Job):
     from pipelines.extract import FetchRequest
 
     out = job.out
+    read = file_version(out)
     try:
         archive = check_database(out, job.fmt, job.settings.base_url) if out.exists() else Archive()
     except IncompatibleDatabase as exc:
@@ -331,6 +332,13 @@ def _run_pipeline(job: Job):
             progress=job.progress,
         )
         database, report, summary = run.outputs()
+        if file_version(out) != read:
+            # Another program (not a quakecat run: those wait for each other) wrote to `out`;
+            # replacing it now would throw its changes away.
+            raise QuakecatError(
+                f"--out {out} was changed by another program while this run went on; nothing was"
+                " published, so its changes stand: run again once it is done"
+            )
         # The database is checked whole before it replaces `out`.
         fetch_file(database, out)
         publish(report, report_path(out))

@@ -76,6 +76,15 @@ def _still_at(fd: int, path: Path) -> bool:
         return False
 
 
+def file_version(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file from its next version (inode, size, modification time); None if absent."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
 def publish(file: File, out: Path) -> Path:
     """Copy a run's ``File`` output to ``out`` atomically."""
     with partial_beside(out) as partial:

@@ -531,6 +531,41 @@ def test_an_archive_open_for_writing_elsewhere_exits_2_untouched_naming_the_hold
     assert out.read_bytes() == before
 
 
+def test_an_archive_another_program_writes_during_a_run_is_not_replaced(
+    service: FakeFDSN, quakecat, tmp_path
+):
+    out = tmp_path / "out" / "quakes.duckdb"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    window = ("--start", "2024-05-01", "--base-url", service.base_url, "--out", str(out))
+    assert quakecat(*window, "--end", "2024-05-03")[0] == 0
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "etl", *window, "--end", "2024-05-06",
+         "--no-cache"],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(scratch.glob("quakecat-run-*/quakecat-*/quakes.duckdb")):
+        assert child.poll() is None, "the run ended before anything was stored"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    # Meanwhile someone adds a table of their own to the archive.
+    with duckdb.connect(str(out)) as con:
+        con.execute("CREATE TABLE my_notes AS SELECT 'keep me' AS note")
+    _, stderr = child.communicate()
+    assert (child.returncode, stderr) == (
+        1,
+        f"quakecat: error: --out {out} was changed by another program while this run went on;"
+        " nothing was published, so its changes stand: run again once it is done\n",
+    )
+    with duckdb.connect(str(out), read_only=True) as con:
+        assert con.execute("SELECT note FROM my_notes").fetchall() == [("keep me",)]
+        assert con.execute("SELECT count(*) FROM etl_runs").fetchall() == [(1,)]
+
+
 def test_a_second_writer_of_the_same_out_exits_2_before_any_request(
     service: FakeFDSN, quakecat, tmp_path
 ):
