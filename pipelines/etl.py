@@ -208,6 +208,8 @@ async def etl(
         stager.abandon()
         raise
     board.finish()
+    # What is left can take seconds on a long backfill, with nothing on the line to count.
+    board.say("fetched; storing what is left, then the analytics and the report")
     reused = [
         (partition, result.stats.fetched_at)
         for partition, result in zip(survey.partitions, processed, strict=True)

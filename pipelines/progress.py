@@ -42,6 +42,12 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
 
+    def say(self, line: str) -> None:
+        """A line of its own, for a step that has no count to show."""
+        if self.enabled:
+            self.stream.write(f"{line}\n")
+            self.stream.flush()
+
     def _draw(self) -> None:
         if not self.enabled:
             return

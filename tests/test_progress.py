@@ -25,6 +25,8 @@ def test_progress_redraws_one_line_per_partition_on_a_terminal():
         ["partitions 2/3 (1 cached)", "events 10", "requests 2", "retries 1"],
     ]
     assert screen.getvalue().endswith("\n")
+    board.say("fetched; storing what is left")
+    assert screen.getvalue().endswith("retries 1  1.0 MiB  0 s \nfetched; storing what is left\n")
 
 
 def test_time_left_follows_the_pace_of_the_fetched_partitions():
@@ -54,4 +56,5 @@ def test_progress_is_silent_when_not_a_terminal_or_disabled():
     ):
         board.advance(FetchStats(requests=1), cached=False)
         board.finish()
+        board.say("fetched")
     assert (piped.getvalue(), quiet.getvalue()) == ("", "")
