@@ -29,7 +29,7 @@ deploy *ARGS: setup
 etl-remote START END *ARGS: setup
     uv run --locked flyte run --follow {{ARGS}} pipelines/etl.py etl --start {{START}} --end {{END}}
 
-# Download a cluster run's database to data/ (default: the latest successful etl run)
+# Download a cluster run's database to data/remote.duckdb (default: the latest successful etl run)
 download *ARGS: setup
     uv run --locked quakecat download {{ARGS}}
 
