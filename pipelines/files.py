@@ -92,20 +92,29 @@ def publish(file: File, out: Path) -> Path:
     return out
 
 
-_RUN_SCRATCH = "quakecat-run-"
+_SCRATCH_KINDS = ("run", "stage", "load")
+
+
+def scratch_folder(kind: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder ``quakecat-KIND-PID-...`` (KIND one of ``_SCRATCH_KINDS``): one a
+    killed process left is known by its pid, and the next run removes it."""
+    return tempfile.TemporaryDirectory(prefix=f"quakecat-{kind}-{os.getpid()}-")
 
 
 @contextlib.contextmanager
 def run_scratch() -> Iterator[Path]:
     """A folder in the system's temporary folder for everything one local run writes on the
     side: Flyte's raw data and the tasks' working copies (``tempfile`` puts them here while the
-    run lasts). Removed when the run ends, however it ends; what a killed run left (its pid is
-    in the name) is removed by the next run.
+    run lasts). Removed when the run ends, however it ends; what a killed run left is removed
+    by the next run, and so is a task's folder that a run stopped by a signal started in the
+    system's temporary folder after its own had gone.
     """
     base = Path(tempfile.gettempdir())
-    for orphan in _of_dead_processes(base.glob(f"{_RUN_SCRATCH}*"), _RUN_SCRATCH):
-        shutil.rmtree(orphan, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{_RUN_SCRATCH}{os.getpid()}-", dir=base))
+    for kind in _SCRATCH_KINDS:
+        prefix = f"quakecat-{kind}-"
+        for orphan in _of_dead_processes(base.glob(f"{prefix}*"), prefix):
+            shutil.rmtree(orphan, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"quakecat-run-{os.getpid()}-", dir=base))
     previous, tempfile.tempdir = tempfile.tempdir, str(scratch)
     try:
         yield scratch

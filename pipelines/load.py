@@ -8,7 +8,6 @@ import datetime as dt
 import html
 import re
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pipelines.clean import REJECTS_SCHEMA
 from pipelines.envs import worker
 from pipelines.errors import QuakecatError
 from pipelines.fdsn.client import FetchStats
+from pipelines.files import scratch_folder
 from pipelines.plan import Window
 from pipelines.report import write_report
 from pipelines.sqlite import export_sqlite, import_sqlite
@@ -445,7 +445,7 @@ def stage(
     """Add a batch of partitions to a working copy of ``previous`` (or a new database) while
     the run is still fetching, so that the load at the end has only the last batch to add.
     The copy is DuckDB whatever the archive's format, and is never published as it is."""
-    with tempfile.TemporaryDirectory(prefix="quakecat-stage-") as scratch:
+    with scratch_folder("stage") as scratch:
         work = _working_copy(previous, previous_fmt, Path(scratch))
         stage_duckdb(work, _local_events(events, scratch), _tables(rejects), run_id)
         return File.from_local_sync(work, remote_destination=File.new_remote("staged.duckdb").path)
@@ -463,7 +463,7 @@ def load(
     """Add the run's last batch to a copy of ``previous`` (the archive, a working copy that
     ``stage`` made, or nothing: a new database; ``previous_fmt`` when not ``fmt``), finish it,
     and hand it on with its HTML report (also shown as this task's Flyte report)."""
-    with tempfile.TemporaryDirectory(prefix="quakecat-load-") as scratch:
+    with scratch_folder("load") as scratch:
         work = _working_copy(previous, previous_fmt or fmt, Path(scratch))
         counts = write_duckdb(work, _local_events(events, scratch), _tables(rejects), run)
         result = work
