@@ -454,6 +454,28 @@ def test_overlapping_runs_and_a_revised_event_give_one_row_per_event_with_newest
     assert _events(out) == after_second
 
 
+def _etl_process(scratch: Path, *argv: str) -> subprocess.Popen:
+    """``quakecat etl ARGV --no-cache`` as a process of its own, its temporary files in
+    ``scratch``; its stderr is kept (read it with ``communicate``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "etl", *argv, "--no-cache"],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_until_storing(run: subprocess.Popen, scratch: Path, task: str = "*") -> None:
+    """Until a task of ``run`` (a stage or the load; ``task="load"``: the load) has its working
+    copy open, DuckDB busy in one of the run's threads."""
+    deadline = time.monotonic() + 60
+    while not any(scratch.glob(f"quakecat-run-*/quakecat-{task}-*/quakes.duckdb")):
+        assert run.poll() is None, "the run ended before anything was stored"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
     service: FakeFDSN, quakecat, tmp_path, monkeypatch
 ):
@@ -468,20 +490,12 @@ def test_a_run_killed_during_load_leaves_the_previous_database_and_no_litter(
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "etl", *window[:2], "--end", "2024-05-06",
-         *window[4:], "--out", str(out), "--no-cache"],
-        env={**os.environ, "TMPDIR": str(scratch)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not any(scratch.glob("quakecat-run-*/quakecat-load-*/quakes.duckdb")):
-        assert child.poll() is None, "the run ended before its load began"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    child = _etl_process(
+        scratch, *window[:2], "--end", "2024-05-06", *window[4:], "--out", str(out)
+    )
+    _wait_until_storing(child, scratch, task="load")
     child.send_signal(signal.SIGKILL)
-    child.wait()
+    child.communicate()
 
     assert out.read_bytes() == before
     assert sorted(p.name for p in out.parent.iterdir()) == [
@@ -545,19 +559,8 @@ def test_an_archive_another_program_writes_during_a_run_is_not_replaced(
     scratch.mkdir()
     window = ("--start", "2024-05-01", "--base-url", service.base_url, "--out", str(out))
     assert quakecat(*window, "--end", "2024-05-03")[0] == 0
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "etl", *window, "--end", "2024-05-06",
-         "--no-cache"],
-        env={**os.environ, "TMPDIR": str(scratch)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not any(scratch.glob("quakecat-run-*/quakecat-*/quakes.duckdb")):
-        assert child.poll() is None, "the run ended before anything was stored"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    child = _etl_process(scratch, *window, "--end", "2024-05-06")
+    _wait_until_storing(child, scratch)
     # Meanwhile someone adds a table of their own to the archive.
     with duckdb.connect(str(out)) as con:
         con.execute("CREATE TABLE my_notes AS SELECT 'keep me' AS note")
@@ -602,14 +605,8 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_next_run_leaves_no_scratch(
     scratch.mkdir()
 
     def start(end: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "etl", "--start", "2024-05-01", "--end", end,
-             "--base-url", service.base_url, "--out", str(out), "--no-cache"],
-            env={**os.environ, "TMPDIR": str(scratch)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        window = ("--start", "2024-05-01", "--end", end, "--base-url", service.base_url)
+        return _etl_process(scratch, *window, "--out", str(out))
 
     def finish(run: subprocess.Popen) -> tuple[int, str]:
         _, stderr = run.communicate()
@@ -618,12 +615,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_next_run_leaves_no_scratch(
     assert finish(start("2024-05-03")) == (0, "")
     before = out.read_bytes()
     child = start("2024-05-06")
-    deadline = time.monotonic() + 60
-    # A stage or the load under way: DuckDB busy in one of the run's task threads.
-    while not any(scratch.glob("quakecat-run-*/quakecat-*/quakes.duckdb")):
-        assert child.poll() is None, "the run ended before anything was stored"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    _wait_until_storing(child, scratch)
     # Meanwhile, a second writer of the same file is turned away, told whom to wait for.
     assert quakecat("--start", "2024-05-01", "--base-url", service.base_url, "--out", str(out)) == (
         2,
