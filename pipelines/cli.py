@@ -50,21 +50,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _finite(text: str) -> float:
-    value = float(text)  # a ValueError reads "invalid float value"
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+def _number(kind, *, positive: bool = False):
+    """An argparse type: a finite ``kind`` (> 0 when ``positive``). argparse names ``kind`` in
+    its own message for text that is no number at all ("invalid float value")."""
 
-
-_finite.__name__ = "float"
-
-
-def _positive(kind):
     def parse(text: str):
         value = kind(text)
-        if not 0 < value < math.inf:  # NaN fails this too
+        if positive and not 0 < value < math.inf:  # NaN fails this too
             raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         return value
 
     parse.__name__ = kind.__name__
@@ -77,47 +72,47 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
         "--start", help="inclusive; a date or ISO-8601 UTC time (default: 7 days ago)"
     )
     parser.add_argument("--end", help="exclusive; a date or ISO-8601 UTC time (default: now)")
-    parser.add_argument("--min-magnitude", type=_finite, help="only events at or above this")
+    parser.add_argument("--min-magnitude", type=_number(float), help="only events at or above this")
     # Defaults are the client's; argparse writes them into the help (%(default)).
     parser.add_argument(
         "--max-in-flight",
-        type=_positive(int),
+        type=_number(int, positive=True),
         default=defaults.max_in_flight,
         help="requests at once, across partitions (default %(default)s)",
     )
     parser.add_argument(
         "--max-per-5min",
-        type=_positive(int),
+        type=_number(int, positive=True),
         default=defaults.max_per_5min,
         help="requests started per five minutes (default %(default)s, as USGS asks)",
     )
     parser.add_argument(
         "--connect-timeout",
-        type=_positive(float),
+        type=_number(float, positive=True),
         default=defaults.connect_timeout_s,
         help="seconds (default %(default)g)",
     )
     parser.add_argument(
         "--read-timeout",
-        type=_positive(float),
+        type=_number(float, positive=True),
         default=defaults.read_timeout_s,
         help="seconds without a byte before a request is retried (default %(default)g)",
     )
     parser.add_argument(
         "--max-attempts",
-        type=_positive(int),
+        type=_number(int, positive=True),
         default=defaults.max_attempts,
         help="per request, retries included (default %(default)s)",
     )
     parser.add_argument(
         "--backoff",
-        type=_positive(float),
+        type=_number(float, positive=True),
         default=defaults.backoff_s,
         help="seconds before the first retry, doubling per retry with jitter (default %(default)g)",
     )
     parser.add_argument(
         "--max-body-mb",
-        type=_positive(int),
+        type=_number(int, positive=True),
         default=defaults.max_body_bytes // 2**20,
         help="refuse larger answers (default %(default)s)",
     )
@@ -129,7 +124,7 @@ def _add_fetch_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--settle-days",
-        type=_positive(float),
+        type=_number(float, positive=True),
         default=DEFAULT_SETTLE_DAYS,
         help="a partition that ended this many days ago is settled: cached, never refetched"
         " (default %(default)g); later revisions still arrive via updatedafter",
