@@ -98,7 +98,10 @@ _SCRATCH_KINDS = ("run", "stage", "load")
 def scratch_folder(kind: str) -> tempfile.TemporaryDirectory:
     """A temporary folder ``quakecat-KIND-PID-...`` (KIND one of ``_SCRATCH_KINDS``): one a
     killed process left is known by its pid, and the next run removes it."""
-    return tempfile.TemporaryDirectory(prefix=f"quakecat-{kind}-{os.getpid()}-")
+    # Task threads a signal stopped may still be writing into it as it goes.
+    return tempfile.TemporaryDirectory(
+        prefix=f"quakecat-{kind}-{os.getpid()}-", ignore_cleanup_errors=True
+    )
 
 
 @contextlib.contextmanager
@@ -114,13 +117,12 @@ def run_scratch() -> Iterator[Path]:
         prefix = f"quakecat-{kind}-"
         for orphan in _of_dead_processes(base.glob(f"{prefix}*"), prefix):
             shutil.rmtree(orphan, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"quakecat-run-{os.getpid()}-", dir=base))
-    previous, tempfile.tempdir = tempfile.tempdir, str(scratch)
-    try:
-        yield scratch
-    finally:
-        tempfile.tempdir = previous
-        shutil.rmtree(scratch, ignore_errors=True)
+    with scratch_folder("run") as scratch:
+        previous, tempfile.tempdir = tempfile.tempdir, scratch
+        try:
+            yield Path(scratch)
+        finally:
+            tempfile.tempdir = previous
 
 
 def _remove_orphans(out: Path) -> None:
