@@ -29,6 +29,7 @@ import flyte.config
 import flyte.errors
 from flyte.io import File
 
+from pipelines import notices
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
 from pipelines.files import file_version, one_writer, publish, run_scratch
@@ -282,7 +283,7 @@ class Job:
 def run_pipeline(job: Job):
     """Run the pipeline locally and publish its database and report beside each other, as the
     one writer of ``job.out`` (the archive is read under the same lock)."""
-    with one_writer(job.out):
+    with one_writer(job.out), notices.shown_on(sys.stderr):
         return _run_pipeline(job)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,3 +79,11 @@ def quakecat(capsys: pytest.CaptureFixture[str]):
         return code, out, err
 
     return run
+
+
+def retry_notice(base_url: str, reason: str, attempt: int, of: int) -> re.Pattern[str]:
+    """The line a run prints before it retries a request (``reason`` is a regex)."""
+    return re.compile(
+        rf"quakecat: {re.escape(base_url)}/(query|count) \(\S+ to \S+\): {reason}; "
+        rf"retrying in [\d.]+ s \(attempt {attempt} of {of}\)"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 
 import pytest
@@ -43,6 +45,14 @@ def test_retry_after_seconds_and_http_dates_are_honoured_up_to_the_cap():
     assert policy.get_retry_after(_answer("2")) == 2.0
     assert policy.get_retry_after(_answer("3600")) == 4.0
     assert policy.get_retry_after(_answer("Wed, 21 Oct 2099 07:28:00 GMT")) == 4.0
+
+
+def test_the_announced_wait_is_the_retry_after_asked_for_else_the_backoff():
+    policy = _policy(backoff=0.5, cap=4.0).increment("GET", "/q", response=_answer("2"))
+    assert policy.wait_s(_answer("2")) == 2.0
+    assert policy.wait_s(_answer("3600")) == 4.0
+    assert policy.wait_s(_answer("0")) == 0.5  # as urllib3's sleep: a 0 falls back to it
+    assert policy.wait_s() == 0.5
 
 
 def test_backoff_doubles_and_is_capped():
@@ -133,12 +143,20 @@ def test_user_agent_names_quakecat_and_its_version():
     assert USER_AGENT.startswith("quakecat/0.1.0 ")
 
 
-def test_the_rate_budget_holds_a_start_back_until_the_window_has_room():
-    budget = PolitenessBudget(max_in_flight=4, max_per_window=2, window_s=0.3)
+def test_the_rate_budget_holds_a_start_back_until_the_window_has_room(caplog):
+    budget = PolitenessBudget(max_in_flight=4, max_per_window=2, window_s=1.2)
     began = time.monotonic()
     starts = []
-    for _ in range(3):
-        with budget.slot():
-            starts.append(time.monotonic() - began)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            with budget.slot():
+                starts.append(time.monotonic() - began)
     assert starts[1] < 0.1
-    assert starts[2] >= 0.3
+    assert starts[2] >= 1.2
+    # The hold-up is said, once: a long backfill can stand still here for minutes.
+    (notice,) = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(
+        r"2 requests started in the last 1\.2 s, as many as --max-per-5min allows; the next"
+        r" starts in 1\.[12]\d* s",
+        notice,
+    ), notice

@@ -22,7 +22,7 @@ from pipelines.analytics import ANALYTICS_TABLES
 from pipelines.fdsn.client import USGS_BASE_URL
 from pipelines.fdsn.fake import BASE_PATH, Catalogue, FakeFDSN
 from pipelines.files import one_writer
-from tests.conftest import utc
+from tests.conftest import retry_notice, utc
 
 pytestmark = pytest.mark.slow
 
@@ -172,9 +172,15 @@ def test_unreachable_service_exits_1_and_leaves_existing_output_untouched(
         "--out", str(out), "--connect-timeout", "0.5",
     )  # fmt: skip
     assert (code, stdout) == (1, "")
-    assert stderr == (
-        "quakecat: error: http://127.0.0.1:9/fdsn/count failed after 3 attempts; last error: "
-        "could not connect. Check the service or try again later\n"
+    *notices, error = stderr.splitlines()
+    # Each retry is announced as it starts waiting (the default backoff: 1 s, then 2 to 3 s).
+    unreachable = "http://127.0.0.1:9/fdsn"
+    assert [bool(retry_notice(unreachable, "could not connect", n, 3).fullmatch(line))
+            for n, line in enumerate(notices, start=2)] == [True, True], stderr  # fmt: skip
+    assert "retrying in 1 s " in notices[0]
+    assert error == (
+        f"quakecat: error: {unreachable}/count failed after 3 attempts; last error: "
+        "could not connect. Check the service or try again later"
     )
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quakes.duckdb", "quakes.duckdb.html"]

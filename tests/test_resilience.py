@@ -15,7 +15,7 @@ from pipelines.extract import fetch_partition
 from pipelines.fdsn.client import ClientSettings, FdsnClient, FetchStats
 from pipelines.fdsn.fake import Catalogue, FakeFDSN, Faults, generate_catalogue
 from pipelines.plan import Window, service_time
-from tests.conftest import utc
+from tests.conftest import retry_notice, utc
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +33,31 @@ def _run_stats(path) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize(
-    ("faults", "statuses"),
+    ("faults", "statuses", "reason"),
     [
-        (Faults(every_503=3), {503}),
-        (Faults(every_429=4, retry_after="1"), {429}),
-        (Faults(every_truncated=5), {200}),
-        (Faults(zero_byte_at=frozenset({2})), {200}),
-        (Faults(slow_at=frozenset({3}), slow_s=2.0), {200}),
-        (Faults(latin1_at=frozenset({2})), {200}),
+        (Faults(every_503=3), {503}, "HTTP 503"),
+        (Faults(every_429=4, retry_after="1"), {429}, "HTTP 429"),
+        (
+            Faults(every_truncated=5),
+            {200},
+            r"the connection closed [\d,]+ bytes into a [\d,]+-byte answer",
+        ),
+        (
+            Faults(zero_byte_at=frozenset({2})),
+            {200},
+            re.escape("empty body (0 bytes) where a GeoJSON FeatureCollection was expected"),
+        ),
+        (Faults(slow_at=frozenset({3}), slow_s=2.0), {200}, "timed out"),
+        (
+            Faults(latin1_at=frozenset({2})),
+            {200},
+            r"body is not UTF-8: byte 0x[0-9a-f]{2} at offset [\d,]+",
+        ),
     ],
     ids=["503-every-3rd", "429-every-4th", "truncated-every-5th", "zero-byte", "slow", "latin1"],
 )
 def test_faults_are_retried_and_every_event_arrives(
-    may_catalogue: Catalogue, quakecat, tmp_path, faults, statuses
+    may_catalogue: Catalogue, quakecat, tmp_path, faults, statuses, reason
 ):
     out = tmp_path / "q.duckdb"
     with FakeFDSN(may_catalogue, faults=faults) as service:
@@ -54,7 +66,7 @@ def test_faults_are_retried_and_every_event_arrives(
             "--out", str(out), "--read-timeout", "1", *FAST_RETRIES,
         )  # fmt: skip
         log = list(service.log)
-    assert (code, stderr) == (0, "")
+    assert code == 0
     expected = may_catalogue.count(utc(2024, 5, 1), utc(2024, 5, 6))
     assert _loaded(out) == (expected, expected)
     requests, retries, _ = _run_stats(out)
@@ -65,6 +77,10 @@ def test_faults_are_retried_and_every_event_arrives(
     faulted = [n for n in range(1, arrivals + 1) if faults.pick(n) is not None]
     assert retries == len(faulted) >= 1
     assert {r.status for r in log if r.n in faulted} <= statuses
+    # Each retry was announced as it happened, with what went wrong (attempts: see quakecat).
+    notices = stderr.splitlines()
+    assert len(notices) == retries
+    assert all(retry_notice(service.base_url, reason, 2, 3).fullmatch(n) for n in notices), stderr
     # 1 count + 5 daily partitions succeed once each.
     assert requests - retries == 6
 
@@ -109,9 +125,12 @@ def test_a_service_that_stays_down_fails_with_the_url_and_last_status(
         )  # fmt: skip
         attempts = len(service.log)
     assert (code, stdout) == (1, "")
-    assert stderr == (
+    *notices, error = stderr.splitlines()
+    assert [bool(retry_notice(service.base_url, "HTTP 503", n, 3).fullmatch(line))
+            for n, line in enumerate(notices, start=2)] == [True, True], stderr  # fmt: skip
+    assert error == (
         f"quakecat: error: {service.base_url}/count failed after 3 attempts; last error: HTTP 503."
-        " Check the service or try again later\n"
+        " Check the service or try again later"
     )
     assert attempts == 3
     assert out.read_bytes() == yesterday

@@ -10,6 +10,7 @@ import collections
 import contextlib
 import datetime as dt
 import functools
+import logging
 import re
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 import requests
-from urllib3.exceptions import MaxRetryError, NameResolutionError
+from urllib3.exceptions import IncompleteRead, MaxRetryError, NameResolutionError
 from urllib3.util.retry import Retry
 
 from pipelines.errors import BadBody, QuakecatError, UsageError
@@ -27,6 +28,7 @@ from pipelines.task_fields import default
 from pipelines.version import USER_AGENT
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 USGS_BASE_URL = "https://earthquake.usgs.gov/fdsnws/event/1"
 CHECK_BASE_URL = (
@@ -95,6 +97,15 @@ class _Policy(Retry):
         asked = super().get_retry_after(response)
         return None if asked is None else min(asked, self.backoff_max)
 
+    def wait_s(self, response=None) -> float:
+        """What ``sleep(response)`` would wait, worked out beforehand so it can be announced:
+        the Retry-After asked for (a 0 falls back to the backoff), else the backoff."""
+        if self.respect_retry_after_header and response is not None:
+            asked = self.get_retry_after(response)
+            if asked:
+                return asked
+        return max(0.0, self.get_backoff_time())
+
 
 class PolitenessBudget:
     """At most ``max_in_flight`` requests at once and ``max_per_window`` starts per window."""
@@ -105,6 +116,7 @@ class PolitenessBudget:
         self._max_per_window = max_per_window
         self._window_s = window_s
         self._lock = threading.Lock()
+        self._announced_until = 0.0
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -122,6 +134,16 @@ class PolitenessBudget:
                     self._starts.append(now)
                     return
                 wait = self._starts[0] + self._window_s - now
+                # Said once per hold-up, not by every thread that waits in it: a long backfill
+                # can stand still here for minutes, which would look like a hang. Once the
+                # budget is spent, starts free up one at a time: those short waits go unsaid.
+                if wait >= 1.0 and now >= self._announced_until:
+                    self._announced_until = now + wait
+                    log.warning(
+                        "%d requests started in the last %s s, as many as --max-per-5min allows;"
+                        " the next starts in %s s",
+                        self._max_per_window, _seconds(self._window_s), _seconds(wait),
+                    )  # fmt: skip
             time.sleep(wait)
 
 
@@ -207,7 +229,15 @@ class FdsnClient:
                     f"last error: {_describe(problem)}. {_advice(problem)}"
                 ) from None
             stats.retries += 1
-            policy.sleep(retry_after_source)
+            wait = policy.wait_s(retry_after_source)
+            # A retry can wait a minute (a Retry-After, or the backoff after a few failures):
+            # said as it happens, the run is seen waiting, not hanging.
+            log.warning(
+                "%s%s: %s; retrying in %s s (attempt %d of %d)",
+                url, _window_of(params), _describe(problem), _seconds(wait),
+                len(policy.history) + 1, self.settings.max_attempts,
+            )  # fmt: skip
+            time.sleep(wait)
 
     def _read(self, response: requests.Response, url: str) -> bytes:
         cap = self.settings.max_body_bytes
@@ -251,6 +281,18 @@ def _service_message(body: bytes) -> str:
     return ": ".join(lines[:2])[:300] or "(empty body)"
 
 
+def _window_of(params: dict[str, str]) -> str:
+    """Which request of a run it was: the window it asked for (a partition, or what is left
+    of one after a full page)."""
+    if "starttime" not in params:
+        return ""
+    return f" ({params['starttime']} to {params.get('endtime', '...')})"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f}" if s >= 10 else f"{s:.2g}"
+
+
 def _attempts(n: int) -> str:
     return "1 attempt" if n == 1 else f"{n} attempts"
 
@@ -260,6 +302,10 @@ def _describe(problem: Exception | None) -> str:
         return "timed out"
     if _unresolved(problem):
         return "could not resolve the host name"
+    cut = _cut_short(problem)
+    if cut is not None:
+        whole = cut.partial + cut.expected
+        return f"the connection closed {cut.partial:,} bytes into a {whole:,}-byte answer"
     if isinstance(problem, requests.exceptions.ConnectionError) and not isinstance(
         problem, requests.exceptions.ChunkedEncodingError
     ):
@@ -271,6 +317,14 @@ def _advice(problem: Exception | None) -> str:
     if _unresolved(problem):
         return "Check --base-url and this machine's network"
     return "Check the service or try again later"
+
+
+def _cut_short(problem: Exception | None) -> IncompleteRead | None:
+    """The answer's bytes as urllib3 counted them when the connection closed before its end."""
+    if not isinstance(problem, requests.exceptions.ChunkedEncodingError):
+        return None
+    inner = problem.args[0] if problem.args else None
+    return next((a for a in getattr(inner, "args", ()) if isinstance(a, IncompleteRead)), None)
 
 
 def _unresolved(problem: Exception | None) -> bool:
