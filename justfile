@@ -21,7 +21,7 @@ etl *ARGS: setup
 demo *ARGS: setup
     uv run --locked quakecat demo {{ARGS}}
 
-# Deploy the pipeline and its daily trigger to the cluster in .flyte/config.yaml
+# Deploy the pipeline and its daily trigger to the cluster in .flyte/config.yaml (QUAKECAT_ARCHIVE=s3://... names the archive its runs add to)
 deploy *ARGS: setup
     uv run --locked flyte deploy {{ARGS}} pipelines/etl.py driver
 

@@ -280,6 +280,19 @@ class Job:
     verbose: bool = False
 
 
+def local_runner(raw: Path, *, cache: bool):
+    """Flyte in local mode, with every file a run writes on the side in ``raw``."""
+    runner = flyte.with_runcontext(
+        mode="local", raw_data_path=str(raw), disable_run_cache=not cache
+    )
+    # Local runs keep their metadata in /tmp/flyte/metadata/<run>, which nothing cleans up
+    # (hundreds of MB after a few archive runs), and flyte 2.12 has no public option for it:
+    # keep it with the run's raw data instead, which goes with the run.
+    if hasattr(runner, "_metadata_path"):
+        runner._metadata_path = str(raw / "metadata")
+    return runner
+
+
 def run_pipeline(job: Job):
     """Run the pipeline locally and publish its database and report beside each other, as the
     one writer of ``job.out`` (the archive is read under the same lock)."""
@@ -309,15 +322,7 @@ def _run_pipeline(job: Job):
         )
     # Partition outputs worth keeping go to the store; the rest of a run's data dies with it.
     with run_scratch() as raw:
-        runner = flyte.with_runcontext(
-            mode="local", raw_data_path=str(raw), disable_run_cache=not job.cache
-        )
-        # Local runs keep their metadata in /tmp/flyte/metadata/<run>, which nothing cleans up
-        # (hundreds of MB after a few archive runs), and flyte 2.12 has no public option for
-        # it: keep it with the run's raw data instead, which goes with the run.
-        if hasattr(runner, "_metadata_path"):
-            runner._metadata_path = str(raw / "metadata")
-        run = runner.run(
+        run = local_runner(raw, cache=job.cache).run(
             etl,
             start=job.window.start,
             end=job.window.end,

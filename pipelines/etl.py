@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 import flyte
 from flyte.io import DataFrame, File
 
+from pipelines.archive import ArchiveState, archive_format, read_archive, scheduled_archive
 from pipelines.envs import driver
+from pipelines.errors import UsageError
 from pipelines.extract import SETTLED, FetchRequest, Source, extract, plan
 from pipelines.fdsn.client import ClientSettings, FetchStats
 from pipelines.load import ExtractRef, RunRecord, load, stage
@@ -125,7 +127,18 @@ class RunSummary:
     bytes_received: int
 
 
-@driver.task(triggers=[daily_trigger()])
+# Read when deploying: the archive the schedule's runs add to.
+SCHEDULED_ARCHIVE = scheduled_archive()
+
+
+@driver.task(
+    triggers=[
+        daily_trigger(
+            archive=SCHEDULED_ARCHIVE,
+            fmt=archive_format(SCHEDULED_ARCHIVE) if SCHEDULED_ARCHIVE else "duckdb",
+        )
+    ]
+)
 async def etl(
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
@@ -136,17 +149,26 @@ async def etl(
     progress: bool = False,
     run_ts: dt.datetime | None = None,
     days: int = SCHEDULED_DAYS,
+    archive: str = "",
 ) -> tuple[File, File, RunSummary]:
     """Fetch [start, end) into a new database, or into a copy of ``previous`` (an upsert).
 
     On the schedule only ``run_ts`` is given (the trigger's kickoff time): the window is the
     ``days`` days before it, from the USGS service. ``fmt`` is the file's format, duckdb or
     sqlite (``previous`` is in the same format). Returns the database, its HTML report, and
-    the run's summary.
+    the run's summary. On a cluster, ``archive`` (a storage URI) is the database to add to: read
+    when the run starts (there is none yet on the first run) and replaced by the run's database
+    at the end, as ``--out`` is by a local run.
     """
     started_at = dt.datetime.now(dt.UTC)
-    incremental = incremental or Incremental()
     request = request or FetchRequest(client=ClientSettings())
+    state = ArchiveState()
+    if archive:
+        if previous is not None:
+            raise UsageError("etl: give previous or archive, not both (an archive is read as one)")
+        state = await read_archive.aio(archive, fmt, request.client.base_url)
+        previous = state.file
+    incremental = incremental or Incremental(max_allowed=state.max_allowed, held=state.held)
     end = end or kickoff_window_end(run_ts or started_at)
     window = check_window(start or end - dt.timedelta(days=days), end)
     survey = await plan.aio(window, request, incremental.max_allowed)
@@ -226,7 +248,7 @@ async def etl(
             stats.add(result.stats)
     cached = len(reused)
     revised = sum(result.stats.events for result in revisions)
-    loading, archive, archive_fmt = await stager.close()
+    loading, working, working_fmt = await stager.close()
 
     record = RunRecord(
         run_id=run_id,
@@ -245,8 +267,8 @@ async def etl(
     # The revisions load after the partitions: on a tie of `updated` the later arrival wins.
     loading += revisions
     database, report, counts = await load.aio(
-        [r.events for r in loading], [r.rejects for r in loading], record, archive, fmt,
-        archive_fmt,
+        [r.events for r in loading], [r.rejects for r in loading], record, working, fmt,
+        working_fmt, archive, state.seen,
     )  # fmt: skip
     return (
         database,

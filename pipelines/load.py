@@ -100,21 +100,30 @@ class Archive:
     held: tuple[ExtractRef, ...] = ()
 
 
-def check_database(path: Path, fmt: str = "duckdb", base_url: str | None = None) -> Archive:
+def check_database(
+    path: Path,
+    fmt: str = "duckdb",
+    base_url: str | None = None,
+    *,
+    name: str | None = None,
+    option: str = "--out",
+) -> Archive:
     """Raise unless ``path`` is a database of ``fmt`` that this version of quakecat can add to;
     return what it knows (the search limit of ``base_url``, learned by an earlier run, and the
-    extracts it holds)."""
-    with _database_errors_as_incompatible(path, fmt):
+    extracts it holds). Messages call the file ``name`` (``path`` unless it is a copy) and
+    advise another ``option``."""
+    name = name or str(path)
+    with _database_errors_as_incompatible(name, fmt, option):
         if fmt == "sqlite":
             # SQLite declares the keys, so it keeps them itself.
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
                 version, archive = _read_archive(con, base_url, dt.datetime.fromisoformat)
-            _check_version(path, version)
+            _check_version(name, version, option)
         else:
             with duckdb.connect(str(path), read_only=True) as con:
                 version, archive = _read_archive(con, base_url, lambda at: at)
-                _check_version(path, version)
-                _check_keys(con, path)
+                _check_version(name, version, option)
+                _check_keys(con, name, option)
     return archive
 
 
@@ -123,7 +132,9 @@ _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 
 @contextlib.contextmanager
-def _database_errors_as_incompatible(path: Path, fmt: str) -> Iterator[None]:
+def _database_errors_as_incompatible(
+    path: Path | str, fmt: str, option: str = "--out"
+) -> Iterator[None]:
     """Turn a database error while reading ``path`` into IncompatibleDatabase."""
     try:
         yield
@@ -139,15 +150,16 @@ def _database_errors_as_incompatible(path: Path, fmt: str) -> Iterator[None]:
             ) from None
         raise IncompatibleDatabase(
             f"{path} is not a quakecat {'SQLite' if fmt == 'sqlite' else 'DuckDB'} database "
-            f"({reason}); choose another --out (a file quakecat did not write is never replaced)"
+            f"({reason}); choose another {option} (a file quakecat did not write is never"
+            " replaced)"
         ) from None
 
 
-def _check_version(path: Path, version: int | None) -> None:
+def _check_version(path: Path | str, version: int | None, option: str = "--out") -> None:
     if version != SCHEMA_VERSION:
         raise IncompatibleDatabase(
             f"{path} holds schema version {version}, this quakecat writes {SCHEMA_VERSION};"
-            " choose another --out or remove it to rebuild"
+            f" choose another {option} or remove it to rebuild"
         )
 
 
@@ -358,7 +370,7 @@ _INCOMING = Table(
 _ROWS_PER_FILE = 1 << 32
 
 
-def _check_keys(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def _check_keys(con: duckdb.DuckDBPyConnection, path: Path | str, option: str = "--out") -> None:
     """Raise unless every table's key is unique: the load keeps them so by construction, and
     this stands in for the constraints DuckDB is not asked to keep (see ``duckdb_ddl``)."""
     repeated = []
@@ -373,8 +385,8 @@ def _check_keys(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     if repeated:
         raise IncompatibleDatabase(
             f"{path} holds rows that repeat a key ({', '.join(repeated)}), which quakecat never"
-            " writes: the file was changed by other means; choose another --out or remove it"
-            " to rebuild"
+            f" writes: the file was changed by other means; choose another {option} or remove"
+            " it to rebuild"
         )
 
 
@@ -459,10 +471,14 @@ def load(
     previous: File | None = None,
     fmt: str = "duckdb",
     previous_fmt: str | None = None,
+    archive: str = "",
+    archive_seen: str = "",
 ) -> tuple[File, File, LoadCounts]:
     """Add the run's last batch to a copy of ``previous`` (the archive, a working copy that
     ``stage`` made, or nothing: a new database; ``previous_fmt`` when not ``fmt``), finish it,
-    and hand it on with its HTML report (also shown as this task's Flyte report)."""
+    and hand it on with its HTML report (also shown as this task's Flyte report). With an
+    ``archive`` (a cluster run's), the database also replaces it, if it is still the version
+    ``archive_seen`` that the run read."""
     with scratch_folder("load") as scratch:
         work = _working_copy(previous, previous_fmt or fmt, Path(scratch))
         counts = write_duckdb(work, _local_events(events, scratch), _tables(rejects), run)
@@ -485,6 +501,11 @@ def load(
             result, remote_destination=File.new_remote(f"quakes.{fmt}").path
         )
         report = File.from_local_sync(page, remote_destination=File.new_remote("report.html").path)
+        if archive:
+            # Last: only a run whose outputs are all in place replaces the archive.
+            from pipelines.archive import replace_archive
+
+            replace_archive(result, archive, archive_seen)
     return database, report, counts
 
 

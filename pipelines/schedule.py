@@ -216,8 +216,14 @@ def validate_timezone(name: str) -> str:
     raise UsageError(message)
 
 
-def daily_trigger(cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE) -> flyte.Trigger:
-    """The schedule of the top-level task: ``cron`` in ``timezone``, kickoff time as ``run_ts``.
+def daily_trigger(
+    cron: str = DEFAULT_CRON,
+    timezone: str = DEFAULT_TIMEZONE,
+    archive: str = "",
+    fmt: str = "duckdb",
+) -> flyte.Trigger:
+    """The schedule of the top-level task: ``cron`` in ``timezone``, kickoff time as ``run_ts``,
+    and, when given, the ``archive`` (of format ``fmt``) every scheduled run adds to.
 
     The task it is attached to needs an input ``run_ts: datetime``; on every scheduled run Flyte
     fills it with the run's start time, and the task treats it as the END of its window (the
@@ -225,11 +231,15 @@ def daily_trigger(cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE) ->
     or the scheduled run has nothing to pass (:func:`check_trigger_inputs`).
     """
     expression, zone = validate_cron(cron), validate_timezone(timezone)
+    inputs: dict[str, object] = {KICKOFF_INPUT: flyte.TriggerTime}
+    if archive:
+        inputs.update(archive=archive, fmt=fmt)
     return flyte.Trigger(
         TRIGGER_NAME,
         flyte.Cron(expression, timezone=zone),
-        description=f"quakecat ETL at {expression} ({zone}); {KICKOFF_INPUT} is the window end",
-        inputs={KICKOFF_INPUT: flyte.TriggerTime},
+        description=f"quakecat ETL at {expression} ({zone}); {KICKOFF_INPUT} is the window end"
+        + (f"; adds to {archive}" if archive else ""),
+        inputs=inputs,
     )
 
 

@@ -348,8 +348,9 @@ if __name__ == "__main__":
 """
 
 
-def _run_offline(tmp_path: Path, script: str) -> dict:
-    """Run ``script`` with the deploy harness in a fresh interpreter; return what it printed."""
+def _run_offline(tmp_path: Path, script: str, **extra_env: str) -> dict:
+    """Run ``script`` with the deploy harness in a fresh interpreter (``extra_env`` added to
+    its environment); return what it printed."""
     path = tmp_path / "flow.py"
     path.write_text(textwrap.dedent(_DEPLOY_HARNESS) + textwrap.dedent(script))
     env = {
@@ -357,7 +358,7 @@ def _run_offline(tmp_path: Path, script: str) -> dict:
         for k, v in os.environ.items()
         if not k.startswith(("FLYTE_", "UCTL_", "FLYTECTL_", "_U_"))
     }
-    env.update(HOME=str(tmp_path), DO_NOT_TRACK="1", PYTHONPATH=str(PROJECT_ROOT))
+    env.update(HOME=str(tmp_path), DO_NOT_TRACK="1", PYTHONPATH=str(PROJECT_ROOT), **extra_env)
     done = subprocess.run(
         [sys.executable, str(path)],
         cwd=tmp_path,
@@ -450,3 +451,15 @@ def test_real_environments_serialise(tmp_path: Path) -> None:
         assert validate_cron(schedule["cron"]["expression"]) == schedule["cron"]["expression"]
         assert validate_timezone(schedule["cron"].get("timezone", "UTC"))
         assert schedule["kickoffTimeInputArg"] == KICKOFF_INPUT, task
+
+
+@pytest.mark.slow
+def test_the_schedule_passes_the_archive_set_when_deploying(tmp_path: Path) -> None:
+    """QUAKECAT_ARCHIVE at deploy time: every scheduled run adds to that one database."""
+    archive = "s3://bucket/quakecat/quakes.sqlite"
+    result = _run_offline(tmp_path, _REAL_FLOW, QUAKECAT_ARCHIVE=archive)
+    [trigger] = [t for r in result["requests"] for t in r.get("triggers", [])]
+    literals = {x["name"]: x["value"] for x in trigger["spec"]["inputs"]["literals"]}
+    assert literals["archive"] == {"scalar": {"primitive": {"stringValue": archive}}}
+    assert literals["fmt"] == {"scalar": {"primitive": {"stringValue": "sqlite"}}}
+    assert trigger["automationSpec"]["schedule"]["kickoffTimeInputArg"] == "run_ts"

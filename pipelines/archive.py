@@ -1,0 +1,108 @@
+"""The archive a cluster run adds to: one database at a storage URI (``s3://...``), read when a
+run starts and replaced by the run's database when it ends.
+
+A local run keeps its archive in ``--out``. A run on a cluster has no disk that outlives it: without
+an archive, each scheduled run would build a database of its own seven days only, and a download
+would get one week, not the catalogue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import flyte.storage
+from flyte.io import File
+
+from pipelines.envs import worker
+from pipelines.errors import QuakecatError, UsageError
+from pipelines.files import partial_beside, scratch_folder
+from pipelines.load import ExtractRef, check_database
+from pipelines.task_fields import default
+
+# Set when deploying (QUAKECAT_ARCHIVE=s3://bucket/quakecat/quakes.duckdb just deploy): where
+# the scheduled runs keep their archive.
+ARCHIVE_ENV = "QUAKECAT_ARCHIVE"
+
+# What a store tells of an object that changes with every write: local files (size, mtime,
+# inode), S3 (ETag, LastModified), GCS (generation), Azure (etag, last_modified).
+_VERSION_KEYS = ("size", "mtime", "ino", "ETag", "LastModified", "generation", "etag")
+
+
+@dataclass
+class ArchiveState:
+    """The archive as a run found it when it started."""
+
+    # None: there is no archive yet, and this run makes it.
+    file: File | None = default(None)
+    # Its version as read ("" when absent): the archive is replaced only if it still has it.
+    seen: str = default("")
+    # What an earlier run learned, as check_database reads it from a local archive.
+    max_allowed: int | None = default(None)
+    held: list[ExtractRef] = field(default_factory=list)
+
+
+def scheduled_archive() -> str:
+    """The archive the schedule passes to its runs (``""``: none, each run builds its own)."""
+    uri = os.environ.get(ARCHIVE_ENV, "").strip()
+    if uri and not flyte.storage.is_remote(uri):
+        raise UsageError(
+            f"{ARCHIVE_ENV}={uri!r} is not a storage URI; a scheduled run has no disk that"
+            " outlives it: give the cluster's blob store, such as"
+            " s3://BUCKET/quakecat/quakes.duckdb"
+        )
+    return uri
+
+
+def archive_format(uri: str) -> str:
+    return "sqlite" if uri.lower().endswith((".sqlite", ".sqlite3")) else "duckdb"
+
+
+def fingerprint(uri: str) -> str:
+    """What tells one version of the object at ``uri`` from the next; ``""`` when absent."""
+    path = _local(uri)
+    store = flyte.storage.get_underlying_filesystem(path=path)
+    try:
+        info = store.info(path)
+    except FileNotFoundError:
+        return ""
+    return json.dumps({k: info[k] for k in _VERSION_KEYS if k in info}, default=str)
+
+
+@worker.task
+def read_archive(uri: str, fmt: str, base_url: str) -> ArchiveState:
+    """The archive at ``uri``, checked as the CLI checks ``--out``: a database of ``fmt`` that
+    this quakecat can add to, and what it knows."""
+    seen = fingerprint(uri)
+    if not seen:
+        return ArchiveState()
+    with scratch_folder("load") as scratch:
+        local = Path(scratch) / f"archive.{fmt}"
+        asyncio.run(flyte.storage.get(_local(uri), str(local)))
+        archive = check_database(local, fmt, base_url, name=uri, option="archive")
+    return ArchiveState(File(path=uri), seen, archive.max_allowed, list(archive.held))
+
+
+def replace_archive(database: Path, uri: str, seen: str) -> None:
+    """Put ``database`` at ``uri``, unless the archive there is no longer the version ``seen``
+    that this run started from: another run added to it meanwhile, and replacing it would
+    throw that away."""
+    if fingerprint(uri) != seen:
+        raise QuakecatError(
+            f"archive {uri} was changed by another run while this one went on; this run's"
+            " database was not written there, so those changes stand: run again once it is done"
+        )
+    if flyte.storage.is_remote(uri):
+        # One object, written whole: a reader of the store gets the old archive or the new one.
+        asyncio.run(flyte.storage.put(str(database), uri))
+    else:
+        with partial_beside(Path(_local(uri))) as partial:
+            shutil.copyfile(database, partial)
+
+
+def _local(uri: str) -> str:
+    return uri.removeprefix("file://")
