@@ -87,6 +87,15 @@ def read_archive(uri: str, fmt: str, base_url: str) -> ArchiveState:
     return ArchiveState(File(path=uri), seen, archive.max_allowed, list(archive.held))
 
 
+@worker.task
+def write_archive(database: File, uri: str, seen: str) -> None:
+    """The run's ``database`` in place of the archive it read (see ``replace_archive``)."""
+    with scratch_folder("load") as scratch:
+        local = Path(scratch) / Path(_local(uri)).name
+        database.download_sync(str(local))
+        replace_archive(local, uri, seen)
+
+
 def replace_archive(database: Path, uri: str, seen: str) -> None:
     """Put ``database`` at ``uri``, unless the archive there is no longer the version ``seen``
     that this run started from: another run added to it meanwhile, and replacing it would

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 import flyte
 from flyte.io import DataFrame, File
 
-from pipelines.archive import ArchiveState, archive_format, read_archive, scheduled_archive
+from pipelines.archive import (
+    ArchiveState,
+    archive_format,
+    read_archive,
+    scheduled_archive,
+    write_archive,
+)
 from pipelines.envs import driver
 from pipelines.errors import UsageError
 from pipelines.extract import SETTLED, FetchRequest, Source, extract, plan
@@ -268,8 +274,11 @@ async def etl(
     loading += revisions
     database, report, counts = await load.aio(
         [r.events for r in loading], [r.rejects for r in loading], record, working, fmt,
-        working_fmt, archive, state.seen,
+        working_fmt,
     )  # fmt: skip
+    if archive:
+        # Last: only a run whose outputs are all in place replaces the archive.
+        await write_archive.aio(database, archive, state.seen)
     return (
         database,
         report,

@@ -471,14 +471,10 @@ def load(
     previous: File | None = None,
     fmt: str = "duckdb",
     previous_fmt: str | None = None,
-    archive: str = "",
-    archive_seen: str = "",
 ) -> tuple[File, File, LoadCounts]:
     """Add the run's last batch to a copy of ``previous`` (the archive, a working copy that
     ``stage`` made, or nothing: a new database; ``previous_fmt`` when not ``fmt``), finish it,
-    and hand it on with its HTML report (also shown as this task's Flyte report). With an
-    ``archive`` (a cluster run's), the database also replaces it, if it is still the version
-    ``archive_seen`` that the run read."""
+    and hand it on with its HTML report (also shown as this task's Flyte report)."""
     with scratch_folder("load") as scratch:
         work = _working_copy(previous, previous_fmt or fmt, Path(scratch))
         counts = write_duckdb(work, _local_events(events, scratch), _tables(rejects), run)
@@ -501,11 +497,6 @@ def load(
             result, remote_destination=File.new_remote(f"quakes.{fmt}").path
         )
         report = File.from_local_sync(page, remote_destination=File.new_remote("report.html").path)
-        if archive:
-            # Last: only a run whose outputs are all in place replaces the archive.
-            from pipelines.archive import replace_archive
-
-            replace_archive(result, archive, archive_seen)
     return database, report, counts
 
 
