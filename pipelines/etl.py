@@ -20,6 +20,7 @@ from pipelines.envs import driver
 from pipelines.errors import UsageError
 from pipelines.extract import SETTLED, FetchRequest, Source, extract, plan
 from pipelines.fdsn.client import ClientSettings, FetchStats
+from pipelines.files import discard_local
 from pipelines.load import ExtractRef, RunRecord, load, stage
 from pipelines.plan import Window, check_window
 from pipelines.progress import Progress
@@ -91,11 +92,19 @@ class Stager:
     async def _drain(self) -> None:
         while self.waiting and not self._closed:
             batch, self.waiting = self.waiting, []
+            consumed = self.archive
             with flyte.group("stage"):
                 self.archive = await stage.aio(
                     [r.events for r in batch], [r.rejects for r in batch], self.run_id,
-                    self.archive, self.fmt,
+                    consumed, self.fmt,
                 )  # fmt: skip
+            # What this stage read, if only this run has it: the working copy an earlier stage
+            # made (the first reads the archive) and the derived partitions (the rejects may be
+            # the partition cache's).
+            if self.staged:
+                discard_local(consumed.path)
+            for result in batch:
+                discard_local(result.events.uri)
             self.fmt = "duckdb"
             self.staged += len(batch)
 
@@ -276,6 +285,10 @@ async def etl(
         [r.events for r in loading], [r.rejects for r in loading], record, working, fmt,
         working_fmt,
     )  # fmt: skip
+    if stager.staged:
+        discard_local(working.path)  # the last working copy, now in the database
+    for result in loading:
+        discard_local(result.events.uri)
     if archive:
         # Last: only a run whose outputs are all in place replaces the archive.
         await write_archive.aio(database, archive, state.seen)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import html
@@ -16,7 +15,6 @@ from typing import Any
 import duckdb
 import flyte
 import flyte.report
-import flyte.storage
 import pyarrow as pa
 from flyte.io import DataFrame, File
 
@@ -26,6 +24,7 @@ from pipelines.envs import worker
 from pipelines.errors import QuakecatError
 from pipelines.fdsn.client import FetchStats
 from pipelines.files import scratch_folder
+from pipelines.frames import parquet_files, read_table
 from pipelines.plan import Window
 from pipelines.report import write_report
 from pipelines.sqlite import export_sqlite, import_sqlite
@@ -513,20 +512,8 @@ def _working_copy(previous: File | None, fmt: str, scratch: Path) -> Path:
 
 
 def _local_events(events: list[DataFrame], scratch: str) -> list[Path]:
-    return [f for n, frame in enumerate(events) for f in _parquet(frame, scratch, n)]
+    return [f for n, frame in enumerate(events) for f in parquet_files(frame, scratch, n)]
 
 
 def _tables(frames: list[DataFrame]) -> Iterator[pa.Table]:
-    return (frame.open(pa.Table).all_sync() for frame in frames)
-
-
-def _parquet(frame: DataFrame, scratch: str, n: int) -> list[Path]:
-    """The Parquet files behind a partition's frame, on this machine (DuckDB streams them)."""
-    if frame.format != "parquet" or not frame.uri:
-        raise QuakecatError(f"partition {n} is not stored as Parquet ({frame.format}, {frame.uri})")
-    if flyte.storage.is_remote(frame.uri):
-        local = Path(scratch) / f"partition-{n:05d}"
-        asyncio.run(flyte.storage.get(frame.uri, str(local), recursive=True))
-    else:
-        local = Path(frame.uri.removeprefix("file://"))
-    return sorted(p for p in local.rglob("*") if p.is_file())
+    return (read_table(frame) for frame in frames)

@@ -8,6 +8,7 @@ import pyarrow as pa
 from flyte.io import DataFrame
 
 from pipelines.envs import worker
+from pipelines.frames import read_table
 from schemas.events import EVENTS_SCHEMA
 
 if TYPE_CHECKING:
@@ -62,4 +63,4 @@ def derive(events: pa.Table) -> pa.Table:
 
 @worker.task
 def transform(events: DataFrame) -> DataFrame:
-    return DataFrame.from_df(derive(events.open(pa.Table).all_sync()))
+    return DataFrame.from_df(derive(read_table(events)))

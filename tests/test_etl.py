@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,6 +242,47 @@ def test_version_prints_the_installed_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"quakecat {version('quakecat')}\n"
+
+
+def test_a_run_keeps_one_working_copy_at_a_time_in_its_scratch_space(
+    may_catalogue: Catalogue, quakecat, tmp_path, monkeypatch
+):
+    # Each stage writes the whole working copy anew; kept to the end of the run, a long
+    # backfill's copies held gigabytes (2.1 GB for ten years).
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    seen: set[str] = set()
+    most = 0
+    running = True
+
+    def watch() -> None:
+        nonlocal most
+        while running:
+            # os.walk, not rglob: folders come and go under it (errors are skipped).
+            copies = [f"{d}/{n}" for d, _, names in os.walk(scratch) for n in names
+                      if n == "staged.duckdb"]  # fmt: skip
+            seen.update(copies)
+            most = max(most, len(copies))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        # One request at a time, each slower than a stage: a stage per partition but the last.
+        with FakeFDSN(may_catalogue, latency_s=0.4) as service:
+            code, stdout, _ = quakecat(
+                "--start", "2024-05-01", "--end", "2024-05-06", "--base-url", service.base_url,
+                "--out", str(tmp_path / "q.duckdb"), "--max-in-flight", "1",
+            )  # fmt: skip
+    finally:
+        running = False
+        watcher.join()
+    assert code == 0
+    assert "stored while fetching" in stdout
+    # Several stages each made a copy; the one a stage read went once the next one was made.
+    assert len(seen) >= 3
+    assert most <= 2
 
 
 @pytest.fixture
