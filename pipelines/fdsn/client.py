@@ -137,13 +137,15 @@ class PolitenessBudget:
                 # Said once per hold-up, not by every thread that waits in it: a long backfill
                 # can stand still here for minutes, which would look like a hang. Once the
                 # budget is spent, starts free up one at a time: those short waits go unsaid.
-                if wait >= 1.0 and now >= self._announced_until:
+                announce = wait >= 1.0 and now >= self._announced_until
+                if announce:
                     self._announced_until = now + wait
-                    log.warning(
-                        "%d requests started in the last %s s, as many as --max-per-5min allows;"
-                        " the next starts in %s s",
-                        self._max_per_window, _seconds(self._window_s), _seconds(wait),
-                    )  # fmt: skip
+            if announce:
+                log.warning(
+                    "%d requests started in the last %s s, as many as --max-per-5min allows;"
+                    " the next starts in %s s",
+                    self._max_per_window, _seconds(self._window_s), _seconds(wait),
+                )  # fmt: skip
             time.sleep(wait)
 
 
