@@ -3,7 +3,9 @@ the archive at a local path where a cluster has a blob store (no cluster is reac
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 from pathlib import Path
 
 import duckdb
@@ -35,22 +37,28 @@ def _run(service: FakeFDSN, start, end, archive: Path, raw: Path):
         start=start,
         end=end,
         request=FetchRequest(client=ClientSettings(base_url=service.base_url, max_attempts=1)),
+        fmt=archive_format(str(archive)),
         archive=str(archive),
     )
     return run.outputs()
 
 
 def _events(path: Path) -> tuple[int, int]:
-    with duckdb.connect(str(path), read_only=True) as con:
+    with contextlib.closing(
+        sqlite3.connect(path)
+        if archive_format(str(path)) == "sqlite"
+        else duckdb.connect(str(path))
+    ) as con:
         ((events,),) = con.execute("SELECT count(*) FROM events").fetchall()
         ((runs,),) = con.execute("SELECT count(*) FROM etl_runs").fetchall()
     return events, runs
 
 
+@pytest.mark.parametrize("name", ["quakes.duckdb", "quakes.sqlite"])
 def test_runs_with_an_archive_add_to_it_as_local_runs_add_to_out(
-    may_catalogue: Catalogue, tmp_path: Path
+    may_catalogue: Catalogue, tmp_path: Path, name: str
 ):
-    archive = tmp_path / "store" / "quakes.duckdb"
+    archive = tmp_path / "store" / name
     with FakeFDSN(may_catalogue) as service:
         _run(service, utc(2024, 5, 1), utc(2024, 5, 3), archive, tmp_path / "raw1")
         first = [r.path for r in service.log]
@@ -66,7 +74,7 @@ def test_runs_with_an_archive_add_to_it_as_local_runs_add_to_out(
     assert Path(database.path).read_bytes() == archive.read_bytes()
     # The archive told the second run the search limit, as --out does: no count request.
     assert (first, second) == (["count", "query", "query"], ["query"] * 3)
-    assert sorted(p.name for p in archive.parent.iterdir()) == ["quakes.duckdb"]
+    assert sorted(p.name for p in archive.parent.iterdir()) == [name]
 
 
 def test_an_archive_this_quakecat_cannot_add_to_fails_the_run_naming_it(
