@@ -21,7 +21,7 @@ from flyte.io import File
 from pipelines.envs import worker
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.files import partial_beside, scratch_folder
-from pipelines.load import ExtractRef, check_database
+from pipelines.load import SUFFIX_FORMATS, ExtractRef, check_database
 from pipelines.task_fields import default
 
 # Set when deploying (QUAKECAT_ARCHIVE=s3://bucket/quakecat/quakes.duckdb just deploy): where
@@ -58,8 +58,18 @@ def scheduled_archive() -> str:
     return uri
 
 
-def archive_format(uri: str) -> str:
-    return "sqlite" if uri.lower().endswith((".sqlite", ".sqlite3")) else "duckdb"
+def archive_format(uri: str) -> str | None:
+    """The format the archive's name says (``None`` when it says none)."""
+    return SUFFIX_FORMATS.get(Path(_local(uri)).suffix.lower())
+
+
+def check_archive_format(uri: str, fmt: str) -> None:
+    named = archive_format(uri)
+    if named and named != fmt:
+        raise UsageError(
+            f"archive {uri} is named as a {named} file but fmt is {fmt}; pass fmt {named}"
+            " (flyte run: --fmt) or rename the archive"
+        )
 
 
 def fingerprint(uri: str) -> str:

@@ -33,7 +33,13 @@ from pipelines import notices
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
 from pipelines.files import file_version, one_writer, publish, run_scratch
-from pipelines.load import FORMATS, Archive, IncompatibleDatabase, check_database
+from pipelines.load import (
+    FORMATS,
+    SUFFIX_FORMATS,
+    Archive,
+    IncompatibleDatabase,
+    check_database,
+)
 from pipelines.plan import Window, check_window, default_window, parse_time
 from pipelines.remote import fetch_file
 from pipelines.version import CODE_VERSION
@@ -218,13 +224,10 @@ def _job(
     )
 
 
-_SUFFIX_FORMATS = {".duckdb": "duckdb", ".sqlite": "sqlite", ".sqlite3": "sqlite"}
-
-
 def _file_format(fmt: str | None, out: Path | None) -> str:
     """--format, else what --out's suffix says, else DuckDB; a contradiction is refused, since
     a SQLite file named .duckdb (or the other way round) fails whoever opens it by its name."""
-    named = _SUFFIX_FORMATS.get(out.suffix.lower()) if out else None
+    named = SUFFIX_FORMATS.get(out.suffix.lower()) if out else None
     if fmt and named and fmt != named:
         raise UsageError(
             f"--out {out} is named as a {named} file but --format is {fmt}; "

@@ -12,6 +12,7 @@ from flyte.io import DataFrame, File
 from pipelines.archive import (
     ArchiveState,
     archive_format,
+    check_archive_format,
     read_archive,
     scheduled_archive,
     write_archive,
@@ -150,7 +151,7 @@ SCHEDULED_ARCHIVE = scheduled_archive()
     triggers=[
         daily_trigger(
             archive=SCHEDULED_ARCHIVE,
-            fmt=archive_format(SCHEDULED_ARCHIVE) if SCHEDULED_ARCHIVE else "duckdb",
+            fmt=archive_format(SCHEDULED_ARCHIVE) or "duckdb",
         )
     ]
 )
@@ -181,6 +182,7 @@ async def etl(
     if archive:
         if previous is not None:
             raise UsageError("etl: give previous or archive, not both (an archive is read as one)")
+        check_archive_format(archive, fmt)
         state = await read_archive.aio(archive, fmt, request.client.base_url)
         previous = state.file
     incremental = incremental or Incremental(max_allowed=state.max_allowed, held=state.held)

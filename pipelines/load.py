@@ -89,6 +89,9 @@ class IncompatibleDatabase(QuakecatError):
 
 
 FORMATS = ("duckdb", "sqlite")
+# What a file's name says it is: a file named for one format and holding the other fails
+# whoever opens it by its name.
+SUFFIX_FORMATS = {".duckdb": "duckdb", ".sqlite": "sqlite", ".sqlite3": "sqlite"}
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def _run(service: FakeFDSN, start, end, archive: Path, raw: Path):
         start=start,
         end=end,
         request=FetchRequest(client=ClientSettings(base_url=service.base_url, max_attempts=1)),
-        fmt=archive_format(str(archive)),
+        fmt=archive_format(str(archive)) or "duckdb",
         archive=str(archive),
     )
     return run.outputs()
@@ -93,6 +93,31 @@ def test_an_archive_this_quakecat_cannot_add_to_fails_the_run_naming_it(
     assert service.log == []  # refused before any request
 
 
+def test_an_archive_named_for_the_other_format_fails_before_any_request(
+    may_catalogue: Catalogue, tmp_path: Path
+):
+    archive = tmp_path / "quakes.sqlite"
+    flyte.init(log_level=logging.CRITICAL)
+    with FakeFDSN(may_catalogue) as service, pytest.raises(Exception) as caught:
+        local_runner(tmp_path / "raw", cache=False).run(
+            etl,
+            start=utc(2024, 5, 1),
+            end=utc(2024, 5, 2),
+            request=FetchRequest(client=ClientSettings(base_url=service.base_url)),
+            archive=str(archive),
+        )
+    assert (
+        str(caught.value)
+        .splitlines()[0]
+        .endswith(
+            f"archive {archive} is named as a sqlite file but fmt is duckdb; pass fmt sqlite"
+            " (flyte run: --fmt) or rename the archive"
+        )
+    )
+    assert service.log == []
+    assert not archive.exists()
+
+
 def test_an_archive_another_run_changed_meanwhile_is_left_as_that_run_wrote_it(tmp_path: Path):
     archive, ours = tmp_path / "quakes.duckdb", tmp_path / "ours.duckdb"
     archive.write_bytes(b"version 1")
@@ -120,6 +145,7 @@ def test_the_scheduled_archive_is_a_storage_uri(monkeypatch: pytest.MonkeyPatch)
     assert scheduled_archive() == "s3://bucket/quakecat/quakes.sqlite"
     assert archive_format(scheduled_archive()) == "sqlite"
     assert archive_format("gs://bucket/quakes.duckdb") == "duckdb"
+    assert archive_format("gs://bucket/quakes") is None
     monkeypatch.setenv(ARCHIVE_ENV, "/data/quakes.duckdb")
     with pytest.raises(UsageError) as caught:
         scheduled_archive()
