@@ -194,6 +194,7 @@ async def etl(
     source = Source.of(request)
     settled = incremental.settle_before
     board = Progress(len(survey.partitions), enabled=progress)
+    board.start()
 
     # Each sync task call takes a thread of its own; the client's budget bounds the requests,
     # this bounds the threads (and the partitions held in memory at once). Twice the requests:

@@ -28,6 +28,11 @@ class Progress:
         self.stats = FetchStats()
         self.clock = clock
         self.began = clock()
+        self.drawn = False
+
+    def start(self) -> None:
+        """The line before the first partition is in: the run is under way, over how many."""
+        self._draw()
 
     def advance(self, stats: FetchStats, *, cached: bool) -> None:
         self.done += 1
@@ -38,7 +43,7 @@ class Progress:
         self._draw()
 
     def finish(self) -> None:
-        if self.enabled and self.done:
+        if self.drawn:
             self.stream.write("\n")
             self.stream.flush()
 
@@ -52,6 +57,7 @@ class Progress:
         if not self.enabled:
             return
         s, elapsed = self.stats, self.clock() - self.began
+        self.drawn = True
         self.stream.write(
             f"\rpartitions {self.done}/{self.total} ({self.cached} cached)  events {s.events:,}  "
             f"requests {s.requests:,}  retries {s.retries:,}  "

@@ -16,11 +16,13 @@ class _Terminal(io.StringIO):
 def test_progress_redraws_one_line_per_partition_on_a_terminal():
     screen = _Terminal()
     board = Progress(3, enabled=True, stream=screen)
+    board.start()
     board.advance(FetchStats(requests=2, retries=1, events=10, bytes_received=2**20), cached=False)
     board.advance(FetchStats(requests=9, events=99), cached=True)
     board.finish()
     lines = screen.getvalue().split("\r")[1:]
     assert [line.split("  ")[:4] for line in lines] == [
+        ["partitions 0/3 (0 cached)", "events 0", "requests 0", "retries 0"],
         ["partitions 1/3 (0 cached)", "events 10", "requests 2", "retries 1"],
         ["partitions 2/3 (1 cached)", "events 10", "requests 2", "retries 1"],
     ]
@@ -54,6 +56,7 @@ def test_progress_is_silent_when_not_a_terminal_or_disabled():
         Progress(2, enabled=True, stream=piped),
         Progress(2, enabled=False, stream=quiet),
     ):
+        board.start()
         board.advance(FetchStats(requests=1), cached=False)
         board.finish()
         board.say("fetched")
