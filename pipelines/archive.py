@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from flyte.io import File
 
 from pipelines.envs import worker
 from pipelines.errors import QuakecatError, UsageError
-from pipelines.files import partial_beside, scratch_folder
+from pipelines.files import local_path, publish, scratch_folder
 from pipelines.load import SUFFIX_FORMATS, ExtractRef, check_database
 from pipelines.task_fields import default
 
@@ -37,9 +36,8 @@ _VERSION_KEYS = ("size", "mtime", "ino", "ETag", "LastModified", "generation", "
 class ArchiveState:
     """The archive as a run found it when it started."""
 
-    # None: there is no archive yet, and this run makes it.
-    file: File | None = default(None)
-    # Its version as read ("" when absent): the archive is replaced only if it still has it.
+    # Its version as read; "" when there is no archive yet, and this run makes it. The archive
+    # is replaced only if it still has this version.
     seen: str = default("")
     # What an earlier run learned, as check_database reads it from a local archive.
     max_allowed: int | None = default(None)
@@ -60,7 +58,7 @@ def scheduled_archive() -> str:
 
 def archive_format(uri: str) -> str | None:
     """The format the archive's name says (``None`` when it says none)."""
-    return SUFFIX_FORMATS.get(Path(_local(uri)).suffix.lower())
+    return SUFFIX_FORMATS.get(Path(uri).suffix.lower())
 
 
 def check_archive_format(uri: str, fmt: str) -> None:
@@ -74,7 +72,7 @@ def check_archive_format(uri: str, fmt: str) -> None:
 
 def fingerprint(uri: str) -> str:
     """What tells one version of the object at ``uri`` from the next; ``""`` when absent."""
-    path = _local(uri)
+    path = uri if flyte.storage.is_remote(uri) else str(local_path(uri))
     store = flyte.storage.get_underlying_filesystem(path=path)
     try:
         info = store.info(path)
@@ -86,27 +84,26 @@ def fingerprint(uri: str) -> str:
 @worker.task
 def read_archive(uri: str, fmt: str, base_url: str) -> ArchiveState:
     """The archive at ``uri``, checked as the CLI checks ``--out``: a database of ``fmt`` that
-    this quakecat can add to, and what it knows."""
+    this quakecat can add to, and what it knows (read where it lies when on this machine)."""
     seen = fingerprint(uri)
     if not seen:
         return ArchiveState()
     with scratch_folder("load") as scratch:
-        local = Path(scratch) / f"archive.{fmt}"
-        asyncio.run(flyte.storage.get(_local(uri), str(local)))
+        local = local_path(uri)
+        if flyte.storage.is_remote(uri):
+            local = Path(scratch) / f"archive.{fmt}"
+            asyncio.run(flyte.storage.get(uri, str(local)))
         archive = check_database(local, fmt, base_url, name=uri, option="archive")
-    return ArchiveState(File(path=uri), seen, archive.max_allowed, list(archive.held))
+    return ArchiveState(seen, archive.max_allowed, list(archive.held))
 
 
 @worker.task
 def write_archive(database: File, uri: str, seen: str) -> None:
     """The run's ``database`` in place of the archive it read (see ``replace_archive``)."""
-    with scratch_folder("load") as scratch:
-        local = Path(scratch) / Path(_local(uri)).name
-        database.download_sync(str(local))
-        replace_archive(local, uri, seen)
+    replace_archive(database, uri, seen)
 
 
-def replace_archive(database: Path, uri: str, seen: str) -> None:
+def replace_archive(database: File, uri: str, seen: str) -> None:
     """Put ``database`` at ``uri``, unless the archive there is no longer the version ``seen``
     that this run started from: another run added to it meanwhile, and replacing it would
     throw that away."""
@@ -115,13 +112,11 @@ def replace_archive(database: Path, uri: str, seen: str) -> None:
             f"archive {uri} was changed by another run while this one went on; this run's"
             " database was not written there, so those changes stand: run again once it is done"
         )
-    if flyte.storage.is_remote(uri):
+    if not flyte.storage.is_remote(uri):
+        publish(database, local_path(uri))
+        return
+    with scratch_folder("load") as scratch:
+        local = Path(scratch) / Path(uri).name
+        database.download_sync(str(local))
         # One object, written whole: a reader of the store gets the old archive or the new one.
-        asyncio.run(flyte.storage.put(str(database), uri))
-    else:
-        with partial_beside(Path(_local(uri))) as partial:
-            shutil.copyfile(database, partial)
-
-
-def _local(uri: str) -> str:
-    return uri.removeprefix("file://")
+        asyncio.run(flyte.storage.put(str(local), uri))

@@ -184,7 +184,7 @@ async def etl(
             raise UsageError("etl: give previous or archive, not both (an archive is read as one)")
         check_archive_format(archive, fmt)
         state = await read_archive.aio(archive, fmt, request.client.base_url)
-        previous = state.file
+        previous = File(path=archive) if state.seen else None
     incremental = incremental or Incremental(max_allowed=state.max_allowed, held=state.held)
     end = end or kickoff_window_end(run_ts or started_at)
     window = check_window(start or end - dt.timedelta(days=days), end)

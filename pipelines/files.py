@@ -93,6 +93,11 @@ def publish(file: File, out: Path) -> Path:
     return out
 
 
+def local_path(uri: str) -> Path:
+    """The path on this machine of a URI that is not a blob store's (``file://`` or a path)."""
+    return Path(uri.removeprefix("file://"))
+
+
 def discard_local(uri: str | None) -> None:
     """Remove a run's intermediate output at ``uri`` (a file or a folder of Parquet files) once
     nothing will read it again, when it is on this machine: every stage writes the whole working
@@ -101,7 +106,7 @@ def discard_local(uri: str | None) -> None:
     them, with the run's other outputs."""
     if not uri or flyte.storage.is_remote(uri):
         return
-    path = Path(uri.removeprefix("file://"))
+    path = local_path(uri)
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from flyte.io import DataFrame
 
 from pipelines.errors import QuakecatError
-from pipelines.files import scratch_folder
+from pipelines.files import local_path, scratch_folder
 
 
 def parquet_files(frame: DataFrame, scratch: str | Path, n: int = 0) -> list[Path]:
@@ -29,7 +29,7 @@ def parquet_files(frame: DataFrame, scratch: str | Path, n: int = 0) -> list[Pat
         local = Path(scratch) / f"partition-{n:05d}"
         asyncio.run(flyte.storage.get(frame.uri, str(local), recursive=True))
     else:
-        local = Path(frame.uri.removeprefix("file://"))
+        local = local_path(frame.uri)
     return sorted(p for p in local.rglob("*") if p.is_file())
 
 

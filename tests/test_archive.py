@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import flyte
 import pytest
+from flyte.io import File
 
 from pipelines.archive import (
     ARCHIVE_ENV,
@@ -125,7 +126,7 @@ def test_an_archive_another_run_changed_meanwhile_is_left_as_that_run_wrote_it(t
     seen = fingerprint(str(archive))
     archive.write_bytes(b"version 2, by another run")
     with pytest.raises(QuakecatError) as caught:
-        replace_archive(ours, str(archive), seen)
+        replace_archive(File(path=str(ours)), str(archive), seen)
     assert str(caught.value) == (
         f"archive {archive} was changed by another run while this one went on; this run's"
         " database was not written there, so those changes stand: run again once it is done"
@@ -133,7 +134,7 @@ def test_an_archive_another_run_changed_meanwhile_is_left_as_that_run_wrote_it(t
     assert archive.read_bytes() == b"version 2, by another run"
     # Unchanged since it was read (here: still absent), it is replaced, atomically.
     fresh = tmp_path / "new" / "quakes.duckdb"
-    replace_archive(ours, f"file://{fresh}", fingerprint(str(fresh)))
+    replace_archive(File(path=str(ours)), f"file://{fresh}", fingerprint(str(fresh)))
     assert fresh.read_bytes() == b"this run's database"
     assert sorted(p.name for p in fresh.parent.iterdir()) == ["quakes.duckdb"]
 
