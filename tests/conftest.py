@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,3 +88,10 @@ def retry_notice(base_url: str, reason: str, attempt: int, of: int) -> re.Patter
         rf"quakecat: {re.escape(base_url)}/(query|count) \(\S+ to \S+\): {reason}; "
         rf"retrying in [\d.]+ s \(attempt {attempt} of {of}\)"
     )
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, as a user's stderr does."""
+
+    def isatty(self) -> bool:
+        return True

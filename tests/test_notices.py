@@ -8,18 +8,14 @@ import logging
 import pytest
 
 from pipelines.notices import shown_on
+from tests.conftest import Terminal
 
 # A module of the pipeline logs under its own name, as pipelines.fdsn.client does.
 client_log = logging.getLogger("pipelines.fdsn.client")
 
 
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
 def test_a_notice_is_a_line_of_its_own_over_the_progress_line_on_a_terminal():
-    screen, piped = _Terminal(), io.StringIO()
+    screen, piped = Terminal(), io.StringIO()
     screen.write("\rpartitions 1/3 (0 cached)  events 10 ")
     for stream in (screen, piped):
         with shown_on(stream):

@@ -6,15 +6,11 @@ import io
 
 from pipelines.fdsn.client import FetchStats
 from pipelines.progress import Progress
-
-
-class _Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+from tests.conftest import Terminal
 
 
 def test_progress_redraws_one_line_per_partition_on_a_terminal():
-    screen = _Terminal()
+    screen = Terminal()
     board = Progress(3, enabled=True, stream=screen)
     board.start()
     board.advance(FetchStats(requests=2, retries=1, events=10, bytes_received=2**20), cached=False)
@@ -32,7 +28,7 @@ def test_progress_redraws_one_line_per_partition_on_a_terminal():
 
 
 def test_time_left_follows_the_pace_of_the_fetched_partitions():
-    screen, now = _Terminal(), [100.0]
+    screen, now = Terminal(), [100.0]
     board = Progress(6, enabled=True, stream=screen, clock=lambda: now[0])
     for at, cached in [(104.0, False), (104.0, True), (110.0, False), (112.0, False)]:
         now[0] = at
@@ -51,7 +47,7 @@ def test_time_left_follows_the_pace_of_the_fetched_partitions():
 
 
 def test_progress_is_silent_when_not_a_terminal_or_disabled():
-    piped, quiet = io.StringIO(), _Terminal()
+    piped, quiet = io.StringIO(), Terminal()
     for board in (
         Progress(2, enabled=True, stream=piped),
         Progress(2, enabled=False, stream=quiet),
