@@ -75,17 +75,19 @@ def quakecat(capsys: pytest.CaptureFixture[str]):
         if argv[:1] == ("demo",):
             code = main([*argv, "--no-cache"])
         else:
-            code = main(["etl", *argv, "--max-attempts", "3", "--no-cache"])
+            # Three attempts unless a test asks for more: the last --max-attempts given wins.
+            code = main(["etl", "--max-attempts", "3", *argv, "--no-cache"])
         out, err = capsys.readouterr()
         return code, out, err
 
     return run
 
 
-def retry_notice(base_url: str, reason: str, attempt: int, of: int) -> re.Pattern[str]:
-    """The line a run prints before it retries a request (``reason`` is a regex)."""
+def retry_notice(base_url: str, reason: str, attempt: int | str, of: int) -> re.Pattern[str]:
+    """The line a run prints before it retries a request (``reason`` and ``attempt`` may be
+    regexes); the group ``request`` is the URL and window retried."""
     return re.compile(
-        rf"quakecat: {re.escape(base_url)}/(query|count) \(\S+ to \S+\): {reason}; "
+        rf"quakecat: (?P<request>{re.escape(base_url)}/(query|count) \(\S+ to \S+\)): {reason}; "
         rf"retrying in [\d.]+ s \(attempt {attempt} of {of}\)"
     )
 
