@@ -13,9 +13,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import flyte.storage
+import obstore
 from flyte.io import File
+from obstore.exceptions import AlreadyExistsError, PreconditionError
+from obstore.store import ObjectStore, from_url
 
 from pipelines.envs import worker
 from pipelines.errors import QuakecatError, UsageError
@@ -27,9 +31,9 @@ from pipelines.task_fields import default
 # the scheduled runs keep their archive.
 ARCHIVE_ENV = "QUAKECAT_ARCHIVE"
 
-# What a store tells of an object that changes with every write: local files (size, mtime,
-# inode), S3 (ETag, LastModified), GCS (generation), Azure (etag, last_modified).
-_VERSION_KEYS = ("size", "mtime", "ino", "ETag", "LastModified", "generation", "etag")
+# What changes with every write of a local file. A blob store says it with an ETag and, where
+# objects are versioned, a version: S3, GCS and Azure accept both as a write's precondition.
+_LOCAL_VERSION_KEYS = ("size", "mtime", "ino")
 
 
 @dataclass
@@ -72,13 +76,27 @@ def check_archive_format(uri: str, fmt: str) -> None:
 
 def fingerprint(uri: str) -> str:
     """What tells one version of the object at ``uri`` from the next; ``""`` when absent."""
-    path = uri if flyte.storage.is_remote(uri) else str(local_path(uri))
-    store = flyte.storage.get_underlying_filesystem(path=path)
+    if flyte.storage.is_remote(uri):
+        store, name = _blob(uri)
+        try:
+            head = obstore.head(store, name)
+        except FileNotFoundError:
+            return ""
+        return json.dumps({k: head[k] for k in ("e_tag", "version") if head[k]})
+    path = str(local_path(uri))
     try:
-        info = store.info(path)
+        info = flyte.storage.get_underlying_filesystem(path=path).info(path)
     except FileNotFoundError:
         return ""
-    return json.dumps({k: info[k] for k in _VERSION_KEYS if k in info}, default=str)
+    return json.dumps({k: info[k] for k in _LOCAL_VERSION_KEYS})
+
+
+def _blob(uri: str) -> tuple[ObjectStore, str]:
+    """The store holding ``uri``'s folder, configured as Flyte configures its own, and the name
+    of the object in it."""
+    folder, _, name = uri.rpartition("/")
+    settings = flyte.storage.get_configured_fsspec_kwargs(urlparse(uri).scheme)
+    return from_url(folder, **settings), name
 
 
 @worker.task
@@ -107,16 +125,34 @@ def replace_archive(database: File, uri: str, seen: str) -> None:
     """Put ``database`` at ``uri``, unless the archive there is no longer the version ``seen``
     that this run started from: another run added to it meanwhile, and replacing it would
     throw that away."""
-    if fingerprint(uri) != seen:
-        raise QuakecatError(
-            f"archive {uri} was changed by another run while this one went on; this run's"
-            " database was not written there, so those changes stand: run again once it is done"
-        )
+    if fingerprint(uri) != seen:  # before downloading anything
+        raise _changed(uri)
     if not flyte.storage.is_remote(uri):
         publish(database, local_path(uri))
         return
     with scratch_folder("load") as scratch:
         local = Path(scratch) / Path(uri).name
         database.download_sync(str(local))
-        # One object, written whole: a reader of the store gets the old archive or the new one.
-        asyncio.run(flyte.storage.put(str(local), uri))
+        put_unless_changed(local, uri, seen)
+
+
+def put_unless_changed(local: Path, uri: str, seen: str) -> None:
+    """Write ``local`` to the blob store at ``uri`` if the object there is still the version
+    ``seen`` (``""``: still absent), in one request, so that a run which wrote the archive after
+    this one's last look is not overwritten either."""
+    store, name = _blob(uri)
+    try:
+        # One PUT of the whole object (up to 5 GB on S3): readers get the old archive or the
+        # new one. obstore's multipart upload would take no precondition.
+        obstore.put(
+            store, name, local, mode=json.loads(seen) if seen else "create", use_multipart=False
+        )
+    except (AlreadyExistsError, PreconditionError):
+        raise _changed(uri) from None
+
+
+def _changed(uri: str) -> QuakecatError:
+    return QuakecatError(
+        f"archive {uri} was changed by another run while this one went on; this run's"
+        " database was not written there, so those changes stand: run again once it is done"
+    )

@@ -1,4 +1,5 @@
-"""Shared fixtures: a fake FDSN service on 127.0.0.1 and helpers to run the real CLI."""
+"""Shared fixtures: a fake FDSN service and an S3 server on 127.0.0.1, and helpers to run the
+real CLI."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pipelines.fdsn.client import FetchStats
 from pipelines.fdsn.fake import Catalogue, FakeFDSN, generate_catalogue
 from pipelines.load import RunRecord
 from pipelines.plan import Window
+from tests.blobstore import Folder, new_bucket, s3_server
 
 UTC = dt.UTC
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "usgs-real"
@@ -60,6 +62,18 @@ def may_catalogue() -> Catalogue:
 def service(may_catalogue: Catalogue) -> Iterator[FakeFDSN]:
     with FakeFDSN(may_catalogue) as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Folder:
+    """A new bucket of the S3 server, and Flyte's settings to reach it, for this test."""
+    return Folder(new_bucket(s3_endpoint, monkeypatch), tmp_path)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """A cluster run's archive, in Flyte's local mode: the task code a scheduled run executes, with
-the archive at a local path where a cluster has a blob store (no cluster is reachable here)."""
+the archive in a local folder and in an S3 bucket of a real S3-protocol server on 127.0.0.1
+(moto's), reached through Flyte's own storage settings, as a pod reaches its blob store."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pipelines.archive import (
     ARCHIVE_ENV,
     archive_format,
     fingerprint,
+    put_unless_changed,
     replace_archive,
     scheduled_archive,
 )
@@ -26,20 +28,29 @@ from pipelines.etl import etl
 from pipelines.extract import FetchRequest
 from pipelines.fdsn.client import ClientSettings
 from pipelines.fdsn.fake import Catalogue, FakeFDSN
+from tests.blobstore import Folder
 from tests.conftest import utc
 
 pytestmark = pytest.mark.slow
 
 
-def _run(service: FakeFDSN, start, end, archive: Path, raw: Path):
+@pytest.fixture(params=["local", "s3"])
+def folder(request, tmp_path: Path) -> Folder:
+    if request.param == "local":
+        (tmp_path / "store").mkdir()
+        return Folder(str(tmp_path / "store"), tmp_path)
+    return request.getfixturevalue("bucket")
+
+
+def _run(service: FakeFDSN, start, end, archive: str, raw: Path):
     flyte.init(log_level=logging.CRITICAL)
     run = local_runner(raw, cache=False).run(
         etl,
         start=start,
         end=end,
         request=FetchRequest(client=ClientSettings(base_url=service.base_url, max_attempts=1)),
-        fmt=archive_format(str(archive)) or "duckdb",
-        archive=str(archive),
+        fmt=archive_format(archive) or "duckdb",
+        archive=archive,
     )
     return run.outputs()
 
@@ -57,9 +68,9 @@ def _events(path: Path) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name", ["quakes.duckdb", "quakes.sqlite"])
 def test_runs_with_an_archive_add_to_it_as_local_runs_add_to_out(
-    may_catalogue: Catalogue, tmp_path: Path, name: str
+    may_catalogue: Catalogue, tmp_path: Path, folder: Folder, name: str
 ):
-    archive = tmp_path / "store" / name
+    archive = folder.uri(name)
     with FakeFDSN(may_catalogue) as service:
         _run(service, utc(2024, 5, 1), utc(2024, 5, 3), archive, tmp_path / "raw1")
         first = [r.path for r in service.log]
@@ -70,19 +81,20 @@ def test_runs_with_an_archive_add_to_it_as_local_runs_add_to_out(
         second = [r.path for r in service.log]
     # The first run made the archive; the second added its days to it, and the run's own
     # database output (what `just download` fetches) is that archive.
-    assert _events(archive) == (may_catalogue.count(utc(2024, 5, 1), utc(2024, 5, 6)), 2)
-    assert summary.events_total == _events(archive)[0]
-    assert Path(database.path).read_bytes() == archive.read_bytes()
+    expected = may_catalogue.count(utc(2024, 5, 1), utc(2024, 5, 6))
+    assert _events(folder.copy(name)) == (expected, 2)
+    assert summary.events_total == expected
+    assert Path(database.path).read_bytes() == folder.read(name)
     # The archive told the second run the search limit, as --out does: no count request.
     assert (first, second) == (["count", "query", "query"], ["query"] * 3)
-    assert sorted(p.name for p in archive.parent.iterdir()) == [name]
+    assert folder.names() == [name]
 
 
 def test_an_archive_this_quakecat_cannot_add_to_fails_the_run_naming_it(
-    may_catalogue: Catalogue, tmp_path: Path
+    may_catalogue: Catalogue, tmp_path: Path, folder: Folder
 ):
-    archive = tmp_path / "quakes.duckdb"
-    archive.write_bytes(b"a file of someone else's")
+    folder.write("quakes.duckdb", b"a file of someone else's")
+    archive = folder.uri("quakes.duckdb")
     with FakeFDSN(may_catalogue) as service, pytest.raises(Exception) as caught:
         _run(service, utc(2024, 5, 1), utc(2024, 5, 2), archive, tmp_path / "raw")
     first_line = str(caught.value).splitlines()[0]
@@ -90,7 +102,7 @@ def test_an_archive_this_quakecat_cannot_add_to_fails_the_run_naming_it(
     assert first_line.endswith(
         "choose another archive (a file quakecat did not write is never replaced)"
     )
-    assert archive.read_bytes() == b"a file of someone else's"
+    assert folder.read("quakes.duckdb") == b"a file of someone else's"
     assert service.log == []  # refused before any request
 
 
@@ -119,24 +131,49 @@ def test_an_archive_named_for_the_other_format_fails_before_any_request(
     assert not archive.exists()
 
 
-def test_an_archive_another_run_changed_meanwhile_is_left_as_that_run_wrote_it(tmp_path: Path):
-    archive, ours = tmp_path / "quakes.duckdb", tmp_path / "ours.duckdb"
-    archive.write_bytes(b"version 1")
+def test_an_archive_another_run_changed_meanwhile_is_left_as_that_run_wrote_it(
+    tmp_path: Path, folder: Folder
+):
+    ours = tmp_path / "ours.duckdb"
     ours.write_bytes(b"this run's database")
-    seen = fingerprint(str(archive))
-    archive.write_bytes(b"version 2, by another run")
-    with pytest.raises(QuakecatError) as caught:
-        replace_archive(File(path=str(ours)), str(archive), seen)
-    assert str(caught.value) == (
+    folder.write("quakes.duckdb", b"version 1")
+    archive = folder.uri("quakes.duckdb")
+    seen = fingerprint(archive)
+    folder.write("quakes.duckdb", b"version 2")  # the same size: only its version tells
+    changed = (
         f"archive {archive} was changed by another run while this one went on; this run's"
         " database was not written there, so those changes stand: run again once it is done"
     )
-    assert archive.read_bytes() == b"version 2, by another run"
+    with pytest.raises(QuakecatError) as caught:
+        replace_archive(File(path=str(ours)), archive, seen)
+    assert str(caught.value) == changed
+    assert folder.read("quakes.duckdb") == b"version 2"
     # Unchanged since it was read (here: still absent), it is replaced, atomically.
-    fresh = tmp_path / "new" / "quakes.duckdb"
-    replace_archive(File(path=str(ours)), f"file://{fresh}", fingerprint(str(fresh)))
-    assert fresh.read_bytes() == b"this run's database"
-    assert sorted(p.name for p in fresh.parent.iterdir()) == ["quakes.duckdb"]
+    fresh = folder.uri("new.duckdb")
+    replace_archive(File(path=str(ours)), fresh, fingerprint(fresh))
+    assert folder.read("new.duckdb") == b"this run's database"
+    assert folder.names() == ["new.duckdb", "quakes.duckdb"]
+
+
+@pytest.mark.parametrize("seen", ["version 1", None], ids=["replaced", "created"])
+def test_a_blob_store_takes_the_write_only_if_the_archive_is_still_as_read(
+    tmp_path: Path, bucket: Folder, seen: str | None
+):
+    # Another run may write the archive after this one's last look, while its database
+    # downloads: the store itself refuses the write then.
+    folder = bucket
+    archive = folder.uri("quakes.duckdb")
+    if seen:
+        folder.write("quakes.duckdb", seen.encode())
+    as_read = fingerprint(archive)
+    folder.write("quakes.duckdb", b"version 2")
+    ours = tmp_path / "ours.duckdb"
+    ours.write_bytes(b"this run's database")
+    with pytest.raises(QuakecatError, match="was changed by another run while this one went on"):
+        put_unless_changed(ours, archive, as_read)
+    assert folder.read("quakes.duckdb") == b"version 2"
+    put_unless_changed(ours, archive, fingerprint(archive))
+    assert folder.read("quakes.duckdb") == b"this run's database"
 
 
 def test_the_scheduled_archive_is_a_storage_uri(monkeypatch: pytest.MonkeyPatch):
