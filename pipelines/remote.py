@@ -175,10 +175,13 @@ def fetch_file(database: File, out: Path) -> Path:
         try:
             landed = database.download_sync(str(partial))
         except Exception as exc:
-            hint = ""
+            reason, hint = _one_line(exc), ""
             if "://" in source and not source.startswith("file://"):
-                hint = " (reading the cluster's blob store needs your own credentials for it)"
-            raise QuakecatError(f"downloading {source} failed: {_one_line(exc)}{hint}") from None
+                if isinstance(exc, FileNotFoundError):
+                    reason = "the blob store has no object there (removed since the run wrote it?)"
+                else:
+                    hint = " (reading the cluster's blob store needs your own credentials for it)"
+            raise QuakecatError(f"downloading {source} failed: {reason}{hint}") from None
         if Path(landed).absolute() != partial.absolute() or not partial.is_file():
             raise QuakecatError(f"downloading {source} wrote {landed}, not a file at {partial}")
         expected, got = _size(source), partial.stat().st_size

@@ -37,6 +37,7 @@ from pipelines.remote import (
     fetch_file,
     table_counts,
 )
+from tests.blobstore import Folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,6 +115,29 @@ def test_vanished_source_leaves_existing(source: Path, old_out: Path) -> None:
     before = old_out.read_bytes()
     with pytest.raises(QuakecatError, match=rf"^downloading {source} failed: .*No such file"):
         fetch_file(database, old_out)
+    assert old_out.read_bytes() == before
+    assert leftovers(old_out.parent) == []
+
+
+def test_fetch_from_a_blob_store(tmp_path: Path, source: Path, bucket: Folder) -> None:
+    # As `just download` reads a cluster run's output: an s3:// File, through Flyte's storage.
+    bucket.write("run/quakes.duckdb", source.read_bytes())
+    out = tmp_path / "data" / "remote.duckdb"
+    assert fetch_file(File(path=bucket.uri("run/quakes.duckdb")), out) == out
+    assert out.read_bytes() == source.read_bytes()
+    assert table_counts(out) == EXPECTED
+    assert leftovers(out.parent) == []
+
+
+def test_an_object_gone_from_the_blob_store_is_named(old_out: Path, bucket: Folder) -> None:
+    gone = bucket.uri("run/quakes.duckdb")
+    before = old_out.read_bytes()
+    with pytest.raises(QuakecatError) as caught:
+        fetch_file(File(path=gone), old_out)
+    assert str(caught.value) == (
+        f"downloading {gone} failed: the blob store has no object there (removed since the run"
+        " wrote it?)"
+    )
     assert old_out.read_bytes() == before
     assert leftovers(old_out.parent) == []
 
