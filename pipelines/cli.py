@@ -283,8 +283,9 @@ class Job:
     verbose: bool = False
 
 
-def local_runner(raw: Path, *, cache: bool):
-    """Flyte in local mode, with every file a run writes on the side in ``raw``."""
+def local_runner(raw: Path | str, *, cache: bool, metadata: Path | None = None):
+    """Flyte in local mode, with every file a run writes on the side in ``raw`` (a folder, or
+    a storage URI as on a cluster) and its metadata in ``metadata`` (default: in ``raw``)."""
     runner = flyte.with_runcontext(
         mode="local", raw_data_path=str(raw), disable_run_cache=not cache
     )
@@ -292,7 +293,7 @@ def local_runner(raw: Path, *, cache: bool):
     # (hundreds of MB after a few archive runs), and flyte 2.12 has no public option for it:
     # keep it with the run's raw data instead, which goes with the run.
     if hasattr(runner, "_metadata_path"):
-        runner._metadata_path = str(raw / "metadata")
+        runner._metadata_path = str(metadata or Path(raw) / "metadata")
     return runner
 
 

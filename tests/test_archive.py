@@ -1,6 +1,8 @@
 """A cluster run's archive, in Flyte's local mode: the task code a scheduled run executes, with
-the archive in a local folder and in an S3 bucket of a real S3-protocol server on 127.0.0.1
-(moto's), reached through Flyte's own storage settings, as a pod reaches its blob store."""
+the archive in a local folder, and in an S3 bucket of a real S3-protocol server on 127.0.0.1
+(moto's) reached through Flyte's own storage settings as a pod reaches its blob store. In the S3
+case the runs also write every output (partitions, stages, database, report) to a bucket, as
+runs on a cluster do."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pipelines.etl import etl
 from pipelines.extract import FetchRequest
 from pipelines.fdsn.client import ClientSettings
 from pipelines.fdsn.fake import Catalogue, FakeFDSN
-from tests.blobstore import Folder
+from tests.blobstore import Folder, new_bucket
 from tests.conftest import utc
 
 pytestmark = pytest.mark.slow
@@ -42,9 +44,18 @@ def folder(request, tmp_path: Path) -> Folder:
     return request.getfixturevalue("bucket")
 
 
-def _run(service: FakeFDSN, start, end, archive: str, raw: Path):
+@pytest.fixture
+def outputs(folder: Folder, tmp_path: Path, request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where runs write their outputs: a local folder, or, beside an archive in a bucket, a
+    bucket of their own, as on a cluster (its partitions, stages, database and report)."""
+    if not folder.remote:
+        return str(tmp_path / "raw")
+    return new_bucket(request.getfixturevalue("s3_endpoint"), monkeypatch)
+
+
+def _run(service: FakeFDSN, start, end, archive: str, raw: str, metadata: Path):
     flyte.init(log_level=logging.CRITICAL)
-    run = local_runner(raw, cache=False).run(
+    run = local_runner(raw, cache=False, metadata=metadata).run(
         etl,
         start=start,
         end=end,
@@ -68,15 +79,15 @@ def _events(path: Path) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name", ["quakes.duckdb", "quakes.sqlite"])
 def test_runs_with_an_archive_add_to_it_as_local_runs_add_to_out(
-    may_catalogue: Catalogue, tmp_path: Path, folder: Folder, name: str
+    may_catalogue: Catalogue, tmp_path: Path, folder: Folder, outputs: str, name: str
 ):
     archive = folder.uri(name)
     with FakeFDSN(may_catalogue) as service:
-        _run(service, utc(2024, 5, 1), utc(2024, 5, 3), archive, tmp_path / "raw1")
+        _run(service, utc(2024, 5, 1), utc(2024, 5, 3), archive, f"{outputs}/1", tmp_path / "m1")
         first = [r.path for r in service.log]
         service.reset_log()
         database, _report, summary = _run(
-            service, utc(2024, 5, 3), utc(2024, 5, 6), archive, tmp_path / "raw2"
+            service, utc(2024, 5, 3), utc(2024, 5, 6), archive, f"{outputs}/2", tmp_path / "m2"
         )
         second = [r.path for r in service.log]
     # The first run made the archive; the second added its days to it, and the run's own
@@ -84,7 +95,8 @@ def test_runs_with_an_archive_add_to_it_as_local_runs_add_to_out(
     expected = may_catalogue.count(utc(2024, 5, 1), utc(2024, 5, 6))
     assert _events(folder.copy(name)) == (expected, 2)
     assert summary.events_total == expected
-    assert Path(database.path).read_bytes() == folder.read(name)
+    assert database.path.startswith(f"{outputs}/2/")
+    assert Path(database.download_sync(str(tmp_path / name))).read_bytes() == folder.read(name)
     # The archive told the second run the search limit, as --out does: no count request.
     assert (first, second) == (["count", "query", "query"], ["query"] * 3)
     assert folder.names() == [name]
@@ -96,7 +108,7 @@ def test_an_archive_this_quakecat_cannot_add_to_fails_the_run_naming_it(
     folder.write("quakes.duckdb", b"a file of someone else's")
     archive = folder.uri("quakes.duckdb")
     with FakeFDSN(may_catalogue) as service, pytest.raises(Exception) as caught:
-        _run(service, utc(2024, 5, 1), utc(2024, 5, 2), archive, tmp_path / "raw")
+        _run(service, utc(2024, 5, 1), utc(2024, 5, 2), archive, str(tmp_path / "raw"), tmp_path)
     first_line = str(caught.value).splitlines()[0]
     assert f"{archive} is not a quakecat DuckDB database (" in first_line
     assert first_line.endswith(
