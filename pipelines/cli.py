@@ -7,6 +7,8 @@ SIGTERM; errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import gc
@@ -19,10 +21,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import flyte
 import flyte.config
@@ -43,6 +46,8 @@ from pipelines.load import (
 from pipelines.plan import Window, check_window, default_window, parse_time
 from pipelines.remote import fetch_file
 from pipelines.version import CODE_VERSION
+
+T = TypeVar("T")
 
 DEFAULT_OUT = Path("data/quakes.duckdb")
 DEFAULT_DEMO_OUT = Path("data/demo.duckdb")
@@ -326,7 +331,8 @@ def _run_pipeline(job: Job):
         )
     # Partition outputs worth keeping go to the store; the rest of a run's data dies with it.
     with run_scratch() as raw:
-        run = local_runner(raw, cache=job.cache).run(
+        run = _awaiting_signals(
+            local_runner(raw, cache=job.cache).run,
             etl,
             start=job.window.start,
             end=job.window.end,
@@ -371,6 +377,21 @@ def partition_store() -> Path:
         store.mkdir(parents=True, exist_ok=True)
         (store / ".created").touch()
     return store
+
+
+def _awaiting_signals(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)`` in a helper thread, while this thread waits for it in short
+    steps. The kernel may hand a SIGINT or SIGTERM to any of the run's threads, and Python acts
+    on it only once the main thread runs again: waiting with no timeout (as Flyte's ``run``
+    does) put Ctrl-C off until the run had finished."""
+    helper = ThreadPoolExecutor(1, thread_name_prefix="quakecat-run")
+    try:
+        done = helper.submit(contextvars.copy_context().run, call, *args, **kwargs)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                return done.result(timeout=0.1)
+    finally:
+        helper.shutdown(wait=False)
 
 
 def resume_token(out: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as dt
 import json
@@ -21,7 +22,7 @@ import pytest
 
 from pipelines.analytics import ANALYTICS_TABLES
 from pipelines.fdsn.client import USGS_BASE_URL
-from pipelines.fdsn.fake import BASE_PATH, Catalogue, FakeFDSN
+from pipelines.fdsn.fake import BASE_PATH, Catalogue, FakeFDSN, Faults
 from pipelines.files import one_writer
 from tests.conftest import retry_notice, utc
 
@@ -677,6 +678,46 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_next_run_leaves_no_scratch(
     assert out.read_bytes() == before
     assert finish(start("2024-05-06")) == (0, "")
     assert list(scratch.iterdir()) == []
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+@pytest.mark.skipif(
+    not hasattr(_LIBC, "tgkill"), reason="tgkill(2), to pick the thread, is Linux's"
+)
+@pytest.mark.parametrize(
+    ("stop", "said", "code"),
+    [(signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_signal_the_kernel_hands_to_a_task_thread_stops_the_run_at_once(
+    may_catalogue: Catalogue, tmp_path, stop, said, code
+):
+    # The kernel gives a process's signal to any of its threads; here, surely not the main one.
+    # The first query is held for a minute: the run must stop while it waits, not once it ends.
+    out = tmp_path / "q.duckdb"
+    held = Faults(slow_at=frozenset({2}), slow_s=60.0)
+    with FakeFDSN(may_catalogue, faults=held) as service:
+        window = ("--start", "2024-05-01", "--end", "2024-05-03", "--base-url", service.base_url)
+        child = _etl_process(tmp_path, *window, "--out", str(out), "--read-timeout", "120")
+        try:
+            deadline = time.monotonic() + 60
+            while service.arrivals < 2:
+                assert child.poll() is None and time.monotonic() < deadline
+                time.sleep(0.01)
+            task_thread = next(
+                int(t) for t in os.listdir(f"/proc/{child.pid}/task") if int(t) != child.pid
+            )
+            assert _LIBC.tgkill(child.pid, task_thread, stop) == 0
+            _, stderr = child.communicate(timeout=30)
+        finally:
+            child.kill()
+        answered = {r.n for r in service.log}
+    assert (child.returncode, stderr) == (code, f"quakecat: {said}; no output was written\n")
+    assert 1 in answered and 2 not in answered  # the count, and not the held query
+    assert not out.exists()
+    assert list(tmp_path.glob("quakecat-run-*")) == []
 
 
 def test_a_run_leaves_no_flyte_metadata_behind(service: FakeFDSN, quakecat, tmp_path):
