@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.fdsn.fake import Catalogue, FakeFDSN, generate_catalogue
+from pipelines.fdsn.fake import Catalogue, FakeFDSN, Faults, generate_catalogue
 
 pytestmark = pytest.mark.slow
 
@@ -204,7 +204,10 @@ def test_an_interrupted_run_resumes_with_the_partitions_it_had_not_finished(
     # Nothing settled: every partition is keyed by the archive's resume token, and
     # one request at a time makes the order of completion observable.
     extra = ("--settle-days", "3650", "--max-in-flight", "1")
-    with FakeFDSN(catalogue, latency_s=0.4) as service:
+    # The third query (request 4, after the count) is answered after 2 s: the run is stopped
+    # while it waits for it, whenever it sends it and however long it takes to cache the others.
+    held = Faults(slow_at=frozenset({4}), slow_s=2.0)
+    with FakeFDSN(catalogue, latency_s=0.1, faults=held) as service:
         child = subprocess.Popen(
             _command(service.base_url, out, *extra), cwd=home, env=_env(home),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -212,14 +215,17 @@ def test_an_interrupted_run_resumes_with_the_partitions_it_had_not_finished(
         # Kill once two partitions are cached, with the third under way.
         cache_db = home / ".flyte" / "local-cache" / "cache.db"
         deadline = time.monotonic() + 60
-        while _cached_entries(cache_db) < 2:
+        while _cached_entries(cache_db) < 2 or service.arrivals < 4:
             assert child.poll() is None and time.monotonic() < deadline
             time.sleep(0.01)
+        cached = {r.params["starttime"] for r in service.requests_to("query")}
         child.send_signal(stop)
         assert child.wait() == (-9 if stop == signal.SIGKILL else 143)
-        cached = {r.params["starttime"] for r in service.requests_to("query")}
         assert not out.exists()
-        time.sleep(0.5)  # let the fake finish any answer the killed run was still waiting for
+        # The fake logs the held answer once it is sent: wait for it, before the next run.
+        while len(service.requests_to("query")) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         service.reset_log()
         _run(home, service.base_url, out, *extra)
         queries = service.requests_to("query")

@@ -426,6 +426,11 @@ class FakeFDSN:
     def max_in_flight(self) -> int:
         return self._max_in_flight
 
+    @property
+    def arrivals(self) -> int:
+        """Query and count requests received so far, answered or not (the log has answers)."""
+        return self._n
+
     def requests_to(self, path: str) -> list[LoggedRequest]:
         with self._lock:
             return sorted((r for r in self.log if r.path == path), key=lambda r: r.n)
