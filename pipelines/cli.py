@@ -467,7 +467,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     out = _check_out(args.out, "duckdb", DEFAULT_DOWNLOAD_OUT)
     with one_writer(out):
-        path = download_database(args.run, out)
+        path = _awaiting_signals(download_database, args.run, out)
     print(f"downloaded  {path}")
     for table, rows in table_counts(path).items():
         print(f"  {table:<20} {rows:>12,} rows")
