@@ -50,6 +50,9 @@ def outputs(folder: Folder, tmp_path: Path, request, monkeypatch: pytest.MonkeyP
     bucket of their own, as on a cluster (its partitions, stages, database and report)."""
     if not folder.remote:
         return str(tmp_path / "raw")
+    # Flyte's local mode makes an empty local folder named after a remote raw-data path
+    # ("s3:/BUCKET/..."), in the working directory.
+    monkeypatch.chdir(tmp_path)
     return new_bucket(request.getfixturevalue("s3_endpoint"), monkeypatch)
 
 
