@@ -11,10 +11,17 @@ bound_allocator_growth()
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# Built from the uv project and its lock, so the cluster runs exactly what `uv sync --locked` runs.
-image = flyte.Image.from_debian_base(python_version=(3, 11), name="quakecat").with_uv_project(
-    pyproject_file=PROJECT_ROOT / "pyproject.toml",
-    project_install_mode="install_project",
+# Built from the uv project and its lock, so the cluster runs exactly what `uv sync --locked` runs,
+# less the dev group (pytest, ruff, the test S3 server). The build context is what .dockerignore
+# lets through: the code, not the local archive or the virtualenv, wherever deploy runs from.
+image = (
+    flyte.Image.from_debian_base(python_version=(3, 11), name="quakecat")
+    .with_dockerignore(PROJECT_ROOT / ".dockerignore")
+    .with_uv_project(
+        pyproject_file=PROJECT_ROOT / "pyproject.toml",
+        project_install_mode="install_project",
+        extra_args="--locked --no-dev",
+    )
 )
 
 # Extract, transform and load: one partition per call, network-bound or columnar CPU work.
