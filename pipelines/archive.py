@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,12 +19,17 @@ from urllib.parse import urlparse
 import flyte.storage
 import obstore
 from flyte.io import File
-from obstore.exceptions import AlreadyExistsError, PreconditionError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+)
 from obstore.store import ObjectStore, from_url
 
 from pipelines.envs import worker
 from pipelines.errors import QuakecatError, UsageError
-from pipelines.files import local_path, publish, scratch_folder
+from pipelines.files import local_path, probe_folder, publish, scratch_folder, unwritable_folder
 from pipelines.load import SUFFIX_FORMATS, ExtractRef, check_database
 from pipelines.task_fields import default
 
@@ -103,6 +109,7 @@ def _blob(uri: str) -> tuple[ObjectStore, str]:
 def read_archive(uri: str, fmt: str, base_url: str) -> ArchiveState:
     """The archive at ``uri``, checked as the CLI checks ``--out``: a database of ``fmt`` that
     this quakecat can add to, and what it knows (read where it lies when on this machine)."""
+    check_writable(uri)
     seen = fingerprint(uri)
     if not seen:
         return ArchiveState()
@@ -113,6 +120,35 @@ def read_archive(uri: str, fmt: str, base_url: str) -> ArchiveState:
             asyncio.run(flyte.storage.get(uri, str(local)))
         archive = check_database(local, fmt, base_url, name=uri, option="archive")
     return ArchiveState(seen, archive.max_allowed, list(archive.held))
+
+
+def check_writable(uri: str) -> None:
+    """Found out when a run starts, not after the whole run: the archive's place takes new
+    objects (a probe beside it, written and removed). Reading is not enough: a bucket that is
+    missing, or that the cluster may only read, would otherwise fail the run at its very end."""
+    if not flyte.storage.is_remote(uri):
+        path = local_path(uri)
+        try:
+            probe_folder(path)
+        except OSError as exc:
+            raise QuakecatError(f"archive {uri}: {unwritable_folder(path, exc)}") from None
+        return
+    store, name = _blob(uri)
+    probe = f".{name}.{uuid.uuid4().hex[:8]}.probe"
+    try:
+        obstore.put(store, probe, b"", mode="create")
+        obstore.delete(store, probe)
+    except Exception as exc:
+        if isinstance(exc, FileNotFoundError):
+            reason = "its bucket does not exist"
+        elif isinstance(exc, PermissionDeniedError | UnauthenticatedError):
+            reason = "this cluster's credentials may not write there"
+        else:
+            reason = str(exc).strip().splitlines()[0]
+        raise QuakecatError(
+            f"archive {uri} cannot be written ({reason}); give an archive in a bucket this"
+            " cluster may write to"
+        ) from None
 
 
 @worker.task

@@ -35,7 +35,14 @@ from flyte.io import File
 from pipelines import notices
 from pipelines.errors import QuakecatError, UsageError
 from pipelines.fdsn.client import USGS_BASE_URL, ClientSettings, validate_base_url
-from pipelines.files import file_version, one_writer, publish, run_scratch
+from pipelines.files import (
+    file_version,
+    one_writer,
+    probe_folder,
+    publish,
+    run_scratch,
+    unwritable_folder,
+)
 from pipelines.load import (
     FORMATS,
     SUFFIX_FORMATS,
@@ -250,21 +257,9 @@ def _check_out(out: Path | None, fmt: str, default: Path) -> Path:
         raise UsageError(f"--out {out} is a directory; give a file path such as {DEFAULT_OUT}")
     # Found out now, not after the whole run: where the file is to go must be a writable folder.
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UsageError(f"--out {out}: {out.parent} is a file, not a folder") from None
+        probe_folder(out)
     except OSError as exc:
-        raise UsageError(f"--out {out}: cannot create its folder ({exc.strerror})") from None
-    # Tried, not inferred from permission bits: root passes those everywhere, and a read-only
-    # mount or a folder like /proc refuses new files whatever they say.
-    try:
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
-            pass
-    except OSError as exc:
-        raise UsageError(
-            f"--out {out}: cannot write in its folder {out.parent} ({exc.strerror}); "
-            "choose a writable path"
-        ) from None
+        raise UsageError(f"--out {out}: {unwritable_folder(out, exc)}") from None
     return out
 
 

@@ -38,6 +38,26 @@ def partial_beside(out: Path) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
+def probe_folder(path: Path) -> None:
+    """Raise OSError unless ``path``'s folder exists (made if need be) and takes new files.
+
+    Tried, not inferred from permission bits: root passes those everywhere, and a read-only
+    mount or a folder like /proc refuses new files whatever they say.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+        pass
+
+
+def unwritable_folder(path: Path, exc: OSError) -> str:
+    """What ``probe_folder(path)`` failing with ``exc`` means, and what to do."""
+    if isinstance(exc, FileExistsError):
+        return f"{path.parent} is a file, not a folder"
+    if not path.parent.is_dir():
+        return f"cannot create its folder ({exc.strerror})"
+    return f"cannot write in its folder {path.parent} ({exc.strerror}); choose a writable path"
+
+
 @contextlib.contextmanager
 def one_writer(out: Path) -> Iterator[None]:
     """Held while ``out`` is being made: a second run would start from the same old file, and

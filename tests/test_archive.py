@@ -121,6 +121,24 @@ def test_an_archive_this_quakecat_cannot_add_to_fails_the_run_naming_it(
     assert service.log == []  # refused before any request
 
 
+@pytest.mark.parametrize("where", ["missing bucket", "file for a folder"])
+def test_an_archive_the_run_could_not_write_fails_it_before_any_request(
+    may_catalogue: Catalogue, tmp_path: Path, bucket: Folder, where: str
+):
+    # (bucket: for Flyte's settings of the S3 server, where this bucket is not.)
+    if where == "missing bucket":
+        archive = "s3://no-such-bucket/quakecat/quakes.duckdb"
+        reason = " cannot be written (its bucket does not exist); give an archive in a bucket"
+    else:
+        (tmp_path / "taken").write_text("a file where the archive's folder would be")
+        archive = str(tmp_path / "taken" / "quakes.duckdb")
+        reason = f": {tmp_path / 'taken'} is a file, not a folder"
+    with FakeFDSN(may_catalogue) as service, pytest.raises(Exception) as caught:
+        _run(service, utc(2024, 5, 1), utc(2024, 5, 2), archive, str(tmp_path / "raw"), tmp_path)
+    assert f"archive {archive}{reason}" in str(caught.value).splitlines()[0]
+    assert service.log == []  # found out before any request, not at the end of the run
+
+
 def test_an_archive_named_for_the_other_format_fails_before_any_request(
     may_catalogue: Catalogue, tmp_path: Path
 ):
