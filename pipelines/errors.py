@@ -11,3 +11,9 @@ class UsageError(QuakecatError):
 
 class BadBody(QuakecatError):
     """A response body that cannot be what the service meant to send; worth fetching again."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its first), or its type when it says nothing."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -21,7 +21,7 @@ from flyte.io import DataFrame, File
 from pipelines.analytics import materialise
 from pipelines.clean import REJECTS_SCHEMA
 from pipelines.envs import worker
-from pipelines.errors import QuakecatError
+from pipelines.errors import QuakecatError, first_line
 from pipelines.fdsn.client import FetchStats
 from pipelines.files import scratch_folder
 from pipelines.frames import parquet_files, read_table
@@ -141,7 +141,7 @@ def _database_errors_as_incompatible(
     try:
         yield
     except (duckdb.Error, sqlite3.Error) as exc:
-        reason = str(exc).splitlines()[0]
+        reason = first_line(exc)
         if "Could not set lock on file" in reason or reason == "database is locked":
             # The file is fine, and in use: "remove it" would be the worst advice here.
             holder = _LOCK_HOLDER.search(reason)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import flyte
 import flyte.config
+import flyte.storage
 from flyte.io import File
 
 from pipelines.envs import driver
-from pipelines.errors import QuakecatError
+from pipelines.errors import QuakecatError, first_line
 from pipelines.files import partial_beside
 
 # The top-level task (pipelines/etl.py): runs of it are what `download_database` looks for.
@@ -138,7 +139,7 @@ def _database_of(run, task_name: str, cfg: flyte.config.Config) -> File:
         raise _rpc_error(exc, cfg, f"run {run.name} has no outputs stored") from None
     except Exception as exc:
         raise QuakecatError(
-            f"run {run.name}: its first output is not a file ({_one_line(exc)}); "
+            f"run {run.name}: its first output is not a file ({first_line(exc)}); "
             f"is it a run of {task_name}?"
         ) from None
     database = outputs.get("o0")
@@ -155,9 +156,9 @@ def _rpc_error(exc, cfg: flyte.config.Config, not_found: str) -> QuakecatError:
     if exc.code in (Code.UNAUTHENTICATED, Code.PERMISSION_DENIED):
         return QuakecatError(
             f"the cluster at {cfg.platform.endpoint} refused the request ({exc.code.name.lower()}):"
-            f" {_one_line(exc)}"
+            f" {first_line(exc)}"
         )
-    return QuakecatError(f"cannot reach the cluster at {cfg.platform.endpoint}: {_one_line(exc)}")
+    return QuakecatError(f"cannot reach the cluster at {cfg.platform.endpoint}: {first_line(exc)}")
 
 
 def fetch_file(database: File, out: Path) -> Path:
@@ -175,8 +176,8 @@ def fetch_file(database: File, out: Path) -> Path:
         try:
             landed = database.download_sync(str(partial))
         except Exception as exc:
-            reason, hint = _one_line(exc), ""
-            if "://" in source and not source.startswith("file://"):
+            reason, hint = first_line(exc), ""
+            if flyte.storage.is_remote(source):
                 if isinstance(exc, FileNotFoundError):
                     reason = "the blob store has no object there (removed since the run wrote it?)"
                 else:
@@ -198,10 +199,8 @@ def fetch_file(database: File, out: Path) -> Path:
 
 def _size(source: str) -> int | None:
     """The size of the stored file, when the store can tell (None: not checked)."""
-    from flyte import storage
-
     try:
-        return int(storage.get_underlying_filesystem(path=source).size(source))
+        return int(flyte.storage.get_underlying_filesystem(path=source).size(source))
     except Exception:
         return None
 
@@ -259,7 +258,7 @@ def _duckdb_counts(path: Path) -> dict[str, int]:
                 counts[table if schema == "main" else f"{schema}.{table}"] = count
             return counts
     except duckdb.Error as exc:
-        raise QuakecatError(f"{path}: DuckDB cannot read it: {_one_line(exc)}") from None
+        raise QuakecatError(f"{path}: DuckDB cannot read it: {first_line(exc)}") from None
 
 
 def _check_length(path: Path, expected: int) -> None:
@@ -290,8 +289,3 @@ def _sqlite_counts(path: Path) -> dict[str, int]:
         raise QuakecatError(f"{path}: SQLite cannot read it: {exc}") from None
     finally:
         db.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
