@@ -28,18 +28,21 @@ from obstore.exceptions import (
 from obstore.store import ObjectStore, from_url
 
 from pipelines.envs import worker
-from pipelines.errors import QuakecatError, UsageError
-from pipelines.files import local_path, probe_folder, publish, scratch_folder, unwritable_folder
+from pipelines.errors import QuakecatError, UsageError, first_line
+from pipelines.files import (
+    file_version,
+    local_path,
+    probe_folder,
+    publish,
+    scratch_folder,
+    unwritable_folder,
+)
 from pipelines.load import SUFFIX_FORMATS, ExtractRef, check_database
 from pipelines.task_fields import default
 
 # Set when deploying (QUAKECAT_ARCHIVE=s3://bucket/quakecat/quakes.duckdb just deploy): where
 # the scheduled runs keep their archive.
 ARCHIVE_ENV = "QUAKECAT_ARCHIVE"
-
-# What changes with every write of a local file. A blob store says it with an ETag and, where
-# objects are versioned, a version: S3, GCS and Azure accept both as a write's precondition.
-_LOCAL_VERSION_KEYS = ("size", "mtime", "ino")
 
 
 @dataclass
@@ -81,23 +84,21 @@ def check_archive_format(uri: str, fmt: str) -> None:
 
 
 def fingerprint(uri: str) -> str:
-    """What tells one version of the object at ``uri`` from the next; ``""`` when absent."""
-    if flyte.storage.is_remote(uri):
-        store, name = _blob(uri)
-        try:
-            head = obstore.head(store, name)
-        except FileNotFoundError:
-            return ""
-        return json.dumps({k: head[k] for k in ("e_tag", "version") if head[k]})
-    path = str(local_path(uri))
+    """What tells one version of the object at ``uri`` from the next; ``""`` when absent. A blob
+    store says it with an ETag and, where objects are versioned, a version, both of which S3,
+    GCS and Azure take as a write's precondition; a local file as ``--out``'s check does."""
+    if not flyte.storage.is_remote(uri):
+        version = file_version(local_path(uri))
+        return json.dumps(version) if version else ""
+    store, name = object_store(uri)
     try:
-        info = flyte.storage.get_underlying_filesystem(path=path).info(path)
+        head = obstore.head(store, name)
     except FileNotFoundError:
         return ""
-    return json.dumps({k: info[k] for k in _LOCAL_VERSION_KEYS})
+    return json.dumps({k: head[k] for k in ("e_tag", "version") if head[k]})
 
 
-def _blob(uri: str) -> tuple[ObjectStore, str]:
+def object_store(uri: str) -> tuple[ObjectStore, str]:
     """The store holding ``uri``'s folder, configured as Flyte configures its own, and the name
     of the object in it."""
     folder, _, name = uri.rpartition("/")
@@ -133,22 +134,22 @@ def check_writable(uri: str) -> None:
         except OSError as exc:
             raise QuakecatError(f"archive {uri}: {unwritable_folder(path, exc)}") from None
         return
-    store, name = _blob(uri)
+    store, name = object_store(uri)
     probe = f".{name}.{uuid.uuid4().hex[:8]}.probe"
     try:
         obstore.put(store, probe, b"", mode="create")
         obstore.delete(store, probe)
+        return
+    except FileNotFoundError:
+        reason = "its bucket does not exist"
+    except (PermissionDeniedError, UnauthenticatedError):
+        reason = "this cluster's credentials may not write there"
     except Exception as exc:
-        if isinstance(exc, FileNotFoundError):
-            reason = "its bucket does not exist"
-        elif isinstance(exc, PermissionDeniedError | UnauthenticatedError):
-            reason = "this cluster's credentials may not write there"
-        else:
-            reason = str(exc).strip().splitlines()[0]
-        raise QuakecatError(
-            f"archive {uri} cannot be written ({reason}); give an archive in a bucket this"
-            " cluster may write to"
-        ) from None
+        reason = first_line(exc)
+    raise QuakecatError(
+        f"archive {uri} cannot be written ({reason}); give an archive in a bucket this"
+        " cluster may write to"
+    )
 
 
 @worker.task
@@ -176,7 +177,7 @@ def put_unless_changed(local: Path, uri: str, seen: str) -> None:
     """Write ``local`` to the blob store at ``uri`` if the object there is still the version
     ``seen`` (``""``: still absent), in one request, so that a run which wrote the archive after
     this one's last look is not overwritten either."""
-    store, name = _blob(uri)
+    store, name = object_store(uri)
     try:
         # One PUT of the whole object (up to 5 GB on S3): readers get the old archive or the
         # new one. obstore's multipart upload would take no precondition.

@@ -16,7 +16,8 @@ import flyte.storage
 import obstore
 import pytest
 import requests
-from obstore.store import ObjectStore, from_url
+
+from pipelines.archive import object_store
 
 
 @contextmanager
@@ -62,25 +63,26 @@ class Folder:
 
     def names(self) -> list[str]:
         if self.remote:
-            return sorted(meta["path"] for batch in obstore.list(self._store()) for meta in batch)
+            store, _ = object_store(self.uri(""))
+            return sorted(meta["path"] for batch in obstore.list(store) for meta in batch)
         return sorted(p.name for p in Path(self.root).iterdir())
 
     def read(self, name: str) -> bytes:
         if self.remote:
-            return obstore.get(self._store(), name).bytes().to_bytes()
+            return obstore.get(*object_store(self.uri(name))).bytes().to_bytes()
         return (Path(self.root) / name).read_bytes()
 
     def write(self, name: str, data: bytes) -> None:
+        """``data`` in place of ``name``, whole, as another run would put it there."""
         if self.remote:
-            obstore.put(self._store(), name, data)
-        else:
-            (Path(self.root) / name).write_bytes(data)
+            obstore.put(*object_store(self.uri(name)), data)
+            return
+        partial = Path(self.root) / f".{name}.partial"
+        partial.write_bytes(data)
+        partial.replace(Path(self.root) / name)
 
     def copy(self, name: str) -> Path:
         """The file as a local copy, to open."""
         path = self.scratch / f"{uuid.uuid4().hex}-{name}"
         path.write_bytes(self.read(name))
         return path
-
-    def _store(self) -> ObjectStore:
-        return from_url(self.root, **flyte.storage.get_configured_fsspec_kwargs("s3"))

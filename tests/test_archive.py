@@ -194,19 +194,18 @@ def test_a_blob_store_takes_the_write_only_if_the_archive_is_still_as_read(
 ):
     # Another run may write the archive after this one's last look, while its database
     # downloads: the store itself refuses the write then.
-    folder = bucket
-    archive = folder.uri("quakes.duckdb")
+    archive = bucket.uri("quakes.duckdb")
     if seen:
-        folder.write("quakes.duckdb", seen.encode())
+        bucket.write("quakes.duckdb", seen.encode())
     as_read = fingerprint(archive)
-    folder.write("quakes.duckdb", b"version 2")
+    bucket.write("quakes.duckdb", b"version 2")
     ours = tmp_path / "ours.duckdb"
     ours.write_bytes(b"this run's database")
     with pytest.raises(QuakecatError, match="was changed by another run while this one went on"):
         put_unless_changed(ours, archive, as_read)
-    assert folder.read("quakes.duckdb") == b"version 2"
+    assert bucket.read("quakes.duckdb") == b"version 2"
     put_unless_changed(ours, archive, fingerprint(archive))
-    assert folder.read("quakes.duckdb") == b"this run's database"
+    assert bucket.read("quakes.duckdb") == b"this run's database"
 
 
 def test_the_scheduled_archive_is_a_storage_uri(monkeypatch: pytest.MonkeyPatch):
